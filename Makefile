@@ -1,0 +1,29 @@
+# Developer and operator entry points. `make run` starts everything in one process;
+# `make test` runs every test, starting its own NATS JetStream server.
+
+CARGO ?= cargo
+JWT_SECRET ?= dev-secret
+
+.PHONY: run build test test-unit lint fmt interop-deps cluster-validate
+
+run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
+	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+interop-deps: ## the official socket.io-client, for the interop test
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+
+test: build interop-deps ## every test: unit, end-to-end (real NATS), interop (socket.io-client)
+	scripts/with-services.sh $(CARGO) test --workspace
+
+test-unit:
+	$(CARGO) test --workspace --lib
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

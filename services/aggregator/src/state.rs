@@ -1,0 +1,666 @@
+//! The presence state machine: a pure fold of the event log into who is online.
+//!
+//! No I/O and no clock: every input carries its own time (event time), so folding the same
+//! events gives the same state and the same changes, live or in a replay. The aggregator's
+//! sweeps arrive as `tick` events in the log for the same reason.
+//!
+//! Invariants:
+//! - a user is online exactly while it has at least one live connection;
+//! - a connection closes once: a late `leave`, beat or status of a closed connection never
+//!   touches the user's newer connections (closed connections are remembered for a while);
+//! - a connection silent for the heartbeat timeout is swept at the next tick; a heartbeat of a
+//!   swept but still open connection brings it back.
+
+use std::collections::HashMap;
+
+use presence_events::{
+    BeatEntry, Cause, ConnId, Details, Event, EventBody, Millis, PresenceChange, SCHEMA_VERSION,
+    SetStatus, Status, TenantId, UserId, UserKey, ViewerClass,
+};
+use serde::{Deserialize, Serialize};
+
+/// Cluster-wide figures kept by the fold (served by `/api/health`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Users online now.
+    pub online_users: u64,
+    /// Most users online at once.
+    pub peak_online: u64,
+    /// Connections opened.
+    pub total_connections: u64,
+    /// Connections closed by a `leave`.
+    pub total_disconnections: u64,
+    /// Connections swept for silence.
+    pub total_swepts: u64,
+    /// Event time of the latest sweep.
+    pub last_sweep_at: Option<Millis>,
+}
+
+/// A user's presence as the fold knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserPresence {
+    /// Visibility class (from the user's latest connection).
+    pub class: ViewerClass,
+    /// Chosen status while online (`online`, `live`, `in_call`); `offline` otherwise.
+    pub status: Status,
+    /// Details of the status.
+    pub details: Option<Details>,
+    /// Open connections.
+    pub conns: Vec<ConnId>,
+    /// When the user was last seen: join time while online, disconnect time once offline.
+    pub last_seen: Option<Millis>,
+}
+
+impl UserPresence {
+    /// Whether the user has a live connection.
+    pub fn online(&self) -> bool {
+        !self.conns.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Conn {
+    key: UserKey,
+    last_beat: Millis,
+}
+
+/// Presence of every user, folded from the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceState {
+    heartbeat_timeout_ms: u64,
+    users: HashMap<UserKey, UserPresence>,
+    conns: HashMap<ConnId, Conn>,
+    /// Recently closed connections and when they closed: late messages of theirs are ignored.
+    closed: HashMap<ConnId, Millis>,
+    last_seq: u64,
+    stats: Stats,
+}
+
+/// Builds the change for `key` in one place so every cause reports the same fields.
+struct ChangeContext {
+    seq: u64,
+    at: Millis,
+}
+
+impl ChangeContext {
+    fn change(&self, key: &UserKey, user: &UserPresence, cause: Cause) -> PresenceChange {
+        PresenceChange {
+            v: SCHEMA_VERSION,
+            tenant: key.tenant.clone(),
+            user: key.user.clone(),
+            class: user.class.clone(),
+            status: user.status,
+            online: user.online(),
+            last_seen: user.last_seen,
+            details: user.details.clone(),
+            cause,
+            at: self.at,
+            seq: self.seq,
+        }
+    }
+}
+
+impl PresenceState {
+    /// An empty state sweeping connections silent for `heartbeat_timeout_ms`.
+    pub fn new(heartbeat_timeout_ms: u64) -> Self {
+        Self {
+            heartbeat_timeout_ms,
+            users: HashMap::new(),
+            conns: HashMap::new(),
+            closed: HashMap::new(),
+            last_seq: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Sequence of the last event folded in (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Cluster-wide figures.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The presence of one user, if ever seen.
+    pub fn user(&self, tenant: &TenantId, user: &UserId) -> Option<&UserPresence> {
+        self.users.get(&UserKey {
+            tenant: tenant.clone(),
+            user: user.clone(),
+        })
+    }
+
+    /// Every user ever seen, in no particular order.
+    pub fn users(&self) -> impl Iterator<Item = (&UserKey, &UserPresence)> {
+        self.users.iter()
+    }
+
+    /// Folds in the event at log sequence `seq`; returns the presence changes it caused, in
+    /// order. An event at or below the last folded sequence (a redelivery) changes nothing.
+    pub fn apply(&mut self, seq: u64, event: &Event) -> Vec<PresenceChange> {
+        if seq <= self.last_seq {
+            return Vec::new();
+        }
+        self.last_seq = seq;
+        let cx = ChangeContext { seq, at: event.at };
+        let mut changes = Vec::new();
+        match &event.body {
+            EventBody::Join {
+                tenant,
+                user,
+                conn,
+                class,
+            } => {
+                let key = user_key(tenant, user);
+                self.open(&cx, key, class, *conn, event.at, Cause::Join, &mut changes);
+            }
+            EventBody::Beat { beats } => {
+                for BeatEntry {
+                    tenant,
+                    user,
+                    conn,
+                    class,
+                    at,
+                } in beats
+                {
+                    let key = user_key(tenant, user);
+                    self.open(&cx, key, class, *conn, *at, Cause::Beat, &mut changes);
+                }
+            }
+            EventBody::Leave { conn, .. } => self.close(&cx, *conn, &mut changes),
+            EventBody::Status {
+                tenant,
+                user,
+                conn,
+                class,
+                status,
+                details,
+            } => {
+                let key = user_key(tenant, user);
+                self.set_status(&cx, key, class, *conn, *status, details, &mut changes);
+            }
+            EventBody::Tick => self.sweep_silent_connections(&cx, &mut changes),
+        }
+        changes
+    }
+
+    /// A sign of life of `conn` at `at`: opens it if it is new (or was swept), else refreshes it.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        cx: &ChangeContext,
+        key: UserKey,
+        class: &ViewerClass,
+        conn: ConnId,
+        at: Millis,
+        cause: Cause,
+        changes: &mut Vec<PresenceChange>,
+    ) {
+        if self.closed.contains_key(&conn) {
+            return;
+        }
+        if let Some(existing) = self.conns.get_mut(&conn) {
+            existing.last_beat = existing.last_beat.max(at);
+            return;
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                key: key.clone(),
+                last_beat: at,
+            },
+        );
+        self.stats.total_connections += 1;
+        let user = self
+            .users
+            .entry(key.clone())
+            .or_insert_with(|| UserPresence {
+                class: class.clone(),
+                status: Status::Offline,
+                details: None,
+                conns: Vec::new(),
+                last_seen: None,
+            });
+        user.class = class.clone();
+        let was_online = user.online();
+        user.conns.push(conn);
+        if !was_online {
+            user.status = Status::Online;
+            user.details = None;
+            user.last_seen = Some(at);
+            self.stats.online_users += 1;
+            self.stats.peak_online = self.stats.peak_online.max(self.stats.online_users);
+            changes.push(cx.change(&key, user, cause));
+        }
+    }
+
+    fn close(&mut self, cx: &ChangeContext, conn: ConnId, changes: &mut Vec<PresenceChange>) {
+        self.closed.insert(conn, cx.at);
+        if let Some(closed) = self.conns.remove(&conn) {
+            self.stats.total_disconnections += 1;
+            self.detach(cx, closed.key, conn, cx.at, Cause::Leave, changes);
+        }
+    }
+
+    /// Removes `conn` from its user; the user goes offline, last seen at `seen`, if it was the last.
+    fn detach(
+        &mut self,
+        cx: &ChangeContext,
+        key: UserKey,
+        conn: ConnId,
+        seen: Millis,
+        cause: Cause,
+        changes: &mut Vec<PresenceChange>,
+    ) {
+        let Some(user) = self.users.get_mut(&key) else {
+            return;
+        };
+        user.conns.retain(|c| *c != conn);
+        if user.conns.is_empty() {
+            user.status = Status::Offline;
+            user.details = None;
+            user.last_seen = Some(seen);
+            self.stats.online_users = self.stats.online_users.saturating_sub(1);
+            changes.push(cx.change(&key, user, cause));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_status(
+        &mut self,
+        cx: &ChangeContext,
+        key: UserKey,
+        class: &ViewerClass,
+        conn: ConnId,
+        status: SetStatus,
+        details: &Option<Details>,
+        changes: &mut Vec<PresenceChange>,
+    ) {
+        if self.closed.contains_key(&conn) {
+            return;
+        }
+        // A status comes from an open connection: if its join was not seen, it opens here,
+        // and the one change reported is the status.
+        let mut opened = Vec::new();
+        self.open(
+            cx,
+            key.clone(),
+            class,
+            conn,
+            cx.at,
+            Cause::Status,
+            &mut opened,
+        );
+        let Some(user) = self.users.get_mut(&key) else {
+            return;
+        };
+        let status = Status::from(status);
+        if !opened.is_empty() || user.status != status || user.details != *details {
+            user.status = status;
+            user.details = details.clone();
+            changes.push(cx.change(&key, user, Cause::Status));
+        }
+    }
+
+    /// Sweeps connections silent for the heartbeat timeout as of the tick's time.
+    fn sweep_silent_connections(&mut self, cx: &ChangeContext, changes: &mut Vec<PresenceChange>) {
+        let now = cx.at;
+        self.stats.last_sweep_at = Some(now);
+        let mut silent: Vec<(ConnId, UserKey, Millis)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.since(c.last_beat) >= self.heartbeat_timeout_ms)
+            .map(|(id, c)| (*id, c.key.clone(), c.last_beat))
+            .collect();
+        // Map order is arbitrary; the changes must come out the same in every replay.
+        silent.sort_unstable_by_key(|(id, _, _)| *id);
+        for (conn, key, last_beat) in silent {
+            self.conns.remove(&conn);
+            self.stats.total_swepts += 1;
+            self.detach(cx, key, conn, last_beat, Cause::Sweep, changes);
+        }
+        // Late messages of a closed connection arrive within a beat flush; twice the timeout
+        // is a wide margin.
+        let keep = self.heartbeat_timeout_ms.saturating_mul(2);
+        self.closed
+            .retain(|_, closed_at| now.since(*closed_at) <= keep);
+    }
+}
+
+fn user_key(tenant: &TenantId, user: &UserId) -> UserKey {
+    UserKey {
+        tenant: tenant.clone(),
+        user: user.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use presence_events::{LeaveReason, NodeId};
+
+    use super::*;
+
+    const TIMEOUT: u64 = 15_000;
+
+    /// Drives the state machine like the log would: numbered events with their own times.
+    struct Script {
+        state: PresenceState,
+        seq: u64,
+    }
+
+    impl Script {
+        fn new() -> Self {
+            Self {
+                state: PresenceState::new(TIMEOUT),
+                seq: 0,
+            }
+        }
+
+        fn apply(&mut self, at: u64, body: EventBody) -> Vec<PresenceChange> {
+            self.seq += 1;
+            let event = Event::new(NodeId::parse("edge-1").unwrap(), Millis(at), body);
+            self.state.apply(self.seq, &event)
+        }
+
+        fn online(&self, user: &str) -> bool {
+            self.state
+                .user(&TenantId::default_tenant(), &uid(user))
+                .is_some_and(UserPresence::online)
+        }
+    }
+
+    fn uid(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn class(s: &str) -> ViewerClass {
+        ViewerClass::from_gender(Some(s))
+    }
+
+    fn join(user: &str, conn: ConnId) -> EventBody {
+        EventBody::Join {
+            tenant: TenantId::default_tenant(),
+            user: uid(user),
+            conn,
+            class: class("female"),
+        }
+    }
+
+    fn leave(user: &str, conn: ConnId) -> EventBody {
+        EventBody::Leave {
+            tenant: TenantId::default_tenant(),
+            user: uid(user),
+            conn,
+            class: class("female"),
+            reason: LeaveReason::Client,
+        }
+    }
+
+    fn beat(user: &str, conn: ConnId, at: u64) -> EventBody {
+        EventBody::Beat {
+            beats: vec![BeatEntry {
+                tenant: TenantId::default_tenant(),
+                user: uid(user),
+                conn,
+                class: class("female"),
+                at: Millis(at),
+            }],
+        }
+    }
+
+    fn status(user: &str, conn: ConnId, status: SetStatus, details: Option<Details>) -> EventBody {
+        EventBody::Status {
+            tenant: TenantId::default_tenant(),
+            user: uid(user),
+            conn,
+            class: class("female"),
+            status,
+            details,
+        }
+    }
+
+    fn summary(changes: &[PresenceChange]) -> Vec<(String, Status, bool, Cause)> {
+        changes
+            .iter()
+            .map(|c| (c.user.to_string(), c.status, c.online, c.cause))
+            .collect()
+    }
+
+    #[test]
+    fn a_join_brings_a_user_online_and_the_last_leave_takes_it_offline() {
+        let mut s = Script::new();
+        let c = ConnId::new();
+        let changes = s.apply(1_000, join("ayse", c));
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Online, true, Cause::Join)]
+        );
+        let changes = s.apply(2_000, leave("ayse", c));
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Offline, false, Cause::Leave)]
+        );
+        assert_eq!(changes[0].last_seen, Some(Millis(2_000)));
+        assert_eq!(changes[0].seq, 2);
+    }
+
+    #[test]
+    fn a_user_connected_twice_stays_online_when_one_connection_closes() {
+        let mut s = Script::new();
+        let (phone, web) = (ConnId::new(), ConnId::new());
+        s.apply(1_000, join("ayse", phone));
+        assert!(s.apply(1_100, join("ayse", web)).is_empty());
+        assert!(s.apply(1_200, leave("ayse", phone)).is_empty());
+        assert!(s.online("ayse"));
+        assert_eq!(s.apply(1_300, leave("ayse", web)).len(), 1);
+        assert!(!s.online("ayse"));
+    }
+
+    #[test]
+    fn a_late_disconnect_of_an_old_socket_keeps_the_user_online() {
+        let mut s = Script::new();
+        let (old, new) = (ConnId::new(), ConnId::new());
+        s.apply(1_000, join("ayse", old));
+        // The old socket went silent and was swept; the user reconnected on a new socket.
+        s.apply(17_000, EventBody::Tick);
+        assert!(!s.online("ayse"));
+        s.apply(18_000, join("ayse", new));
+        // Only now does the old socket's disconnect arrive.
+        assert!(s.apply(18_500, leave("ayse", old)).is_empty());
+        assert!(s.online("ayse"));
+        // Nor may a stray heartbeat of the closed old socket resurrect it later.
+        s.apply(19_000, leave("ayse", new));
+        assert!(s.apply(19_100, beat("ayse", old, 18_400)).is_empty());
+        assert!(!s.online("ayse"));
+    }
+
+    #[test]
+    fn a_silent_connection_is_swept_at_the_first_tick_after_the_timeout_not_before() {
+        let mut s = Script::new();
+        let c = ConnId::new();
+        s.apply(0, join("ayse", c));
+        s.apply(5_000, beat("ayse", c, 5_000));
+        assert!(s.apply(19_999, EventBody::Tick).is_empty());
+        assert!(s.online("ayse"));
+        let changes = s.apply(20_000, EventBody::Tick);
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Offline, false, Cause::Sweep)]
+        );
+        assert_eq!(changes[0].last_seen, Some(Millis(5_000)));
+        assert_eq!(s.state.stats().total_swepts, 1);
+        assert_eq!(s.state.stats().last_sweep_at, Some(Millis(20_000)));
+    }
+
+    #[test]
+    fn heartbeats_keep_a_connection_alive_indefinitely() {
+        let mut s = Script::new();
+        let c = ConnId::new();
+        s.apply(0, join("ayse", c));
+        for i in 1..=100u64 {
+            s.apply(i * 5_000, beat("ayse", c, i * 5_000));
+            assert!(s.apply(i * 5_000 + 3_000, EventBody::Tick).is_empty());
+        }
+        assert!(s.online("ayse"));
+    }
+
+    #[test]
+    fn a_heartbeat_of_a_swept_but_open_connection_brings_the_user_back() {
+        let mut s = Script::new();
+        let c = ConnId::new();
+        s.apply(0, join("ayse", c));
+        s.apply(15_000, EventBody::Tick);
+        let changes = s.apply(16_000, beat("ayse", c, 16_000));
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Online, true, Cause::Beat)]
+        );
+    }
+
+    #[test]
+    fn statuses_change_with_details_and_reset_when_the_user_goes_offline() {
+        let mut s = Script::new();
+        let c = ConnId::new();
+        s.apply(0, join("ayse", c));
+        let details = Details::parse(serde_json::json!({"title": "evening stream"})).unwrap();
+        let changes = s.apply(1, status("ayse", c, SetStatus::Live, Some(details.clone())));
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Live, true, Cause::Status)]
+        );
+        assert_eq!(changes[0].details, Some(details.clone()));
+        // The same status again is not a change.
+        assert!(
+            s.apply(2, status("ayse", c, SetStatus::Live, Some(details)))
+                .is_empty()
+        );
+        let changes = s.apply(3, status("ayse", c, SetStatus::InCall, None));
+        assert_eq!(changes[0].status, Status::InCall);
+        assert_eq!(changes[0].details, None);
+        let changes = s.apply(4, leave("ayse", c));
+        assert_eq!(changes[0].status, Status::Offline);
+        let changes = s.apply(5, join("ayse", ConnId::new()));
+        assert_eq!(changes[0].status, Status::Online);
+    }
+
+    #[test]
+    fn a_status_from_a_connection_whose_join_was_not_seen_opens_it() {
+        let mut s = Script::new();
+        let changes = s.apply(0, status("ayse", ConnId::new(), SetStatus::Live, None));
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Live, true, Cause::Status)]
+        );
+    }
+
+    #[test]
+    fn redelivered_events_change_nothing() {
+        let mut s = Script::new();
+        let c = ConnId::new();
+        let event = Event::new(NodeId::parse("e").unwrap(), Millis(0), join("ayse", c));
+        assert_eq!(s.state.apply(7, &event).len(), 1);
+        let leave = Event::new(NodeId::parse("e").unwrap(), Millis(1), leave("ayse", c));
+        assert!(s.state.apply(7, &leave).is_empty());
+        assert!(s.online("ayse"));
+    }
+
+    #[test]
+    fn stats_count_connections_and_the_peak() {
+        let mut s = Script::new();
+        let conns: Vec<ConnId> = (0..3).map(|_| ConnId::new()).collect();
+        for (i, c) in conns.iter().enumerate() {
+            s.apply(i as u64, join(&format!("u{i}"), *c));
+        }
+        s.apply(10, leave("u0", conns[0]));
+        let stats = s.state.stats();
+        assert_eq!(
+            (
+                stats.online_users,
+                stats.peak_online,
+                stats.total_connections,
+                stats.total_disconnections
+            ),
+            (2, 3, 3, 1)
+        );
+    }
+
+    /// A deterministic pseudo-random workload (xorshift), so the property is checked on many
+    /// interleavings without a dependency.
+    fn random_workload(seed: u64, len: usize) -> Vec<Event> {
+        let mut x = seed.max(1);
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let users = ["a", "b", "c", "d"];
+        let mut open: Vec<(ConnId, &str)> = Vec::new();
+        let mut events = Vec::new();
+        let mut at = 0;
+        for _ in 0..len {
+            at += next() % 4_000;
+            let user = users[(next() % users.len() as u64) as usize];
+            let body = match next() % 6 {
+                0 | 1 => {
+                    let c = ConnId::new();
+                    open.push((c, user));
+                    join(user, c)
+                }
+                2 if !open.is_empty() => {
+                    let (c, u) = open.swap_remove((next() % open.len() as u64) as usize);
+                    leave(u, c)
+                }
+                3 if !open.is_empty() => {
+                    let (c, u) = open[(next() % open.len() as u64) as usize];
+                    beat(u, c, at)
+                }
+                4 if !open.is_empty() => {
+                    let (c, u) = open[(next() % open.len() as u64) as usize];
+                    status(u, c, SetStatus::Live, None)
+                }
+                _ => EventBody::Tick,
+            };
+            events.push(Event::new(NodeId::parse("n").unwrap(), Millis(at), body));
+        }
+        events
+    }
+
+    #[test]
+    fn replaying_the_same_events_gives_the_same_state_and_changes() {
+        for seed in 1..50 {
+            let events = random_workload(seed, 300);
+            let fold = |events: &[Event]| {
+                let mut state = PresenceState::new(TIMEOUT);
+                let changes: Vec<PresenceChange> = events
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, e)| state.apply(i as u64 + 1, e))
+                    .collect();
+                (state, changes)
+            };
+            let (first, first_changes) = fold(&events);
+            let (second, second_changes) = fold(&events);
+            assert_eq!(first, second, "seed {seed}");
+            assert_eq!(first_changes, second_changes, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn online_exactly_while_a_connection_is_open_on_any_workload() {
+        for seed in 1..50 {
+            let mut state = PresenceState::new(TIMEOUT);
+            for (i, e) in random_workload(seed, 300).iter().enumerate() {
+                state.apply(i as u64 + 1, e);
+                let online = state.users().filter(|(_, u)| u.online()).count() as u64;
+                assert_eq!(online, state.stats().online_users, "seed {seed}");
+                for (_, user) in state.users() {
+                    assert_eq!(user.online(), user.status != Status::Offline);
+                }
+                assert!(state.stats().peak_online >= state.stats().online_users);
+            }
+        }
+    }
+}

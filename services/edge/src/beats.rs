@@ -1,0 +1,123 @@
+//! Heartbeat batching: clients beat every few seconds, but an edge appends at most one beat
+//! message per flush interval (split only past a size limit), carrying the latest beat of
+//! every connection that beat. Log traffic stays flat however many clients beat.
+//!
+//! A connection that closes is forgotten here before its `leave` is appended, so a pending
+//! beat can never land after the leave and resurrect it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use presence_events::{BeatEntry, ConnId, EventBody};
+use presence_log::publish_all_durable;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::publisher::EventPublisher;
+
+/// Most connections in one beat message (keeps messages well under NATS' 1 MiB limit).
+const MAX_BEATS_PER_MESSAGE: usize = 2_000;
+
+enum Command {
+    Beat(BeatEntry),
+    Forget(ConnId, oneshot::Sender<()>),
+}
+
+/// Handle to the batching task.
+#[derive(Clone)]
+pub(crate) struct BeatBatcher {
+    tx: mpsc::Sender<Command>,
+}
+
+impl BeatBatcher {
+    pub(crate) fn start(
+        publisher: EventPublisher,
+        flush_every: Duration,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(65_536);
+        tasks.spawn(batch_beats(rx, publisher, flush_every, shutdown));
+        Self { tx }
+    }
+
+    /// Records a heartbeat; it is appended with the next flush.
+    pub(crate) async fn beat(&self, entry: BeatEntry) {
+        metrics::counter!("presence_heartbeats_received_total").increment(1);
+        let _ = self.tx.send(Command::Beat(entry)).await;
+    }
+
+    /// Drops the pending beat of `conn`; returns once any beat of it already being appended
+    /// is durable, so a `leave` appended afterwards comes after it in the log.
+    pub(crate) async fn forget(&self, conn: ConnId) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Forget(conn, done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn batch_beats(
+    mut rx: mpsc::Receiver<Command>,
+    publisher: EventPublisher,
+    flush_every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut pending: HashMap<ConnId, BeatEntry> = HashMap::new();
+    let mut timer = tokio::time::interval(flush_every);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            command = rx.recv() => match command {
+                Some(Command::Beat(entry)) => {
+                    pending.insert(entry.conn, entry);
+                }
+                Some(Command::Forget(conn, done)) => {
+                    pending.remove(&conn);
+                    let _ = done.send(());
+                }
+                None => break,
+            },
+            _ = timer.tick() => flush(&mut pending, &publisher, &shutdown).await,
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Last beats on the way out, with a bounded wait of their own.
+    let never = CancellationToken::new();
+    if tokio::time::timeout(
+        Duration::from_secs(5),
+        flush(&mut pending, &publisher, &never),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("gave up appending the last heartbeats at shutdown");
+    }
+}
+
+async fn flush(
+    pending: &mut HashMap<ConnId, BeatEntry>,
+    publisher: &EventPublisher,
+    shutdown: &CancellationToken,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut beats: Vec<BeatEntry> = pending.drain().map(|(_, entry)| entry).collect();
+    beats.sort_unstable_by_key(|b| b.conn);
+    let messages: Vec<_> = beats
+        .chunks(MAX_BEATS_PER_MESSAGE)
+        .map(|chunk| {
+            publisher.message(EventBody::Beat {
+                beats: chunk.to_vec(),
+            })
+        })
+        .collect();
+    let published = publish_all_durable(publisher.log(), &messages, shutdown).await;
+    let outcome = if published { "ok" } else { "abandoned" };
+    metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => outcome)
+        .increment(messages.len() as u64);
+    metrics::histogram!("presence_beat_batch_connections").record(beats.len() as f64);
+}

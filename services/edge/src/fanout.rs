@@ -1,0 +1,94 @@
+//! Fan-out: every edge reads the whole changes stream, keeps its [`PresenceView`] current and
+//! emits each change as `presence-update` to the viewer-class rooms allowed to see it. The
+//! payload is encoded once per change by the Socket.io layer, whatever the number of sockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use presence_events::{PresenceChange, Subjects};
+use presence_log::{EventLog, StartAt};
+use presence_telemetry::Readiness;
+use socketioxide::SocketIo;
+use tokio_util::sync::CancellationToken;
+
+use crate::view::{PresenceUpdate, PresenceView};
+use crate::visibility::VisibilityPolicy;
+
+pub(crate) struct FanOut {
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) subjects: Subjects,
+    pub(crate) view: Arc<PresenceView>,
+    pub(crate) policy: VisibilityPolicy,
+    pub(crate) io: SocketIo,
+    pub(crate) readiness: Readiness,
+}
+
+impl FanOut {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let stream = self.subjects.changes_stream();
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            // The last change of every user first (the view's starting point), then live ones;
+            // after a resubscription the view skips what it already has.
+            match self
+                .log
+                .subscribe(&stream, StartAt::LastPerSubject, None)
+                .await
+            {
+                Ok(changes) => {
+                    backoff = Duration::from_millis(100);
+                    self.readiness.set(true);
+                    self.deliver(changes, &shutdown).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the changes stream")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn deliver(&self, mut changes: presence_log::Deliveries, shutdown: &CancellationToken) {
+        loop {
+            let delivered = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = changes.next() => match next {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "change delivery failed");
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!("changes subscription ended; resubscribing");
+                        return;
+                    }
+                },
+            };
+            let change = match PresenceChange::decode(&delivered.payload) {
+                Ok(change) => change,
+                Err(e) => {
+                    metrics::counter!("presence_changes_rejected_total").increment(1);
+                    tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable change");
+                    continue;
+                }
+            };
+            if self.view.apply(&change) {
+                self.emit(&change).await;
+            }
+        }
+    }
+
+    async fn emit(&self, change: &PresenceChange) {
+        let rooms = self.policy.rooms_seeing(&change.tenant, &change.class);
+        let update = PresenceUpdate::from_change(change);
+        match self.io.to(rooms).emit("presence-update", &update).await {
+            Ok(()) => metrics::counter!("presence_fanout_changes_total").increment(1),
+            Err(e) => tracing::warn!(error = %e, "emitting a presence update failed"),
+        }
+    }
+}

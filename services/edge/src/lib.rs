@@ -1,0 +1,276 @@
+//! The edge: terminates client connections (Socket.io today) and turns them into events in
+//! the log; reads the presence changes back and fans them out to the sockets allowed to see
+//! them. Edges hold connections only: any edge may take any client, and killing one loses no
+//! state.
+
+mod beats;
+mod fanout;
+mod publisher;
+mod socket;
+mod view;
+pub mod visibility;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use presence_auth::{KeyError, Verifier};
+use presence_config::{Environment, Secret};
+use presence_events::{NodeId, Subjects};
+use presence_log::EventLog;
+use presence_telemetry::Readiness;
+use serde::Serialize;
+use socketioxide::SocketIo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::beats::BeatBatcher;
+use crate::publisher::EventPublisher;
+use crate::socket::{Authenticator, LocalConnections, SocketContext};
+use crate::view::PresenceView;
+use crate::visibility::VisibilityPolicy;
+
+/// JWT signature algorithms accepted (one is pinned per deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC with `JWT_SECRET`.
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA with the public key in `JWT_PUBLIC_KEY_FILE`.
+    #[value(name = "RS256")]
+    Rs256,
+}
+
+/// Settings of an edge.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeConfig {
+    /// Public listener: Socket.io, WebSocket and HTTP.
+    #[arg(long, env = "PRESENCE_HTTP_ADDR", default_value = "127.0.0.1:3000")]
+    pub http_addr: String,
+    /// Shared secret of HS256 tokens.
+    #[arg(long, env = "JWT_SECRET", default_value = "", hide_env_values = true)]
+    pub jwt_secret: Secret,
+    /// Token signature algorithm.
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value = "HS256")]
+    pub jwt_algorithm: JwtAlgorithm,
+    /// PEM file with the RSA public key of RS256 tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Accept `auth: { userId, gender }` without a token (only with PRESENCE_ENV=development).
+    #[arg(long, env = "SOCKET_ALLOW_INSECURE_USERID", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_insecure_userid: bool,
+    /// How often the edge appends the heartbeats it received, as one batched message (ms).
+    #[arg(long, env = "PRESENCE_BEAT_FLUSH_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub beat_flush_ms: u64,
+    /// Visibility rules: `viewer=seen,seen;viewer=*`.
+    #[arg(long, env = "PRESENCE_VISIBILITY_RULES", default_value = visibility::DEFAULT_RULES, value_parser = VisibilityPolicy::parse)]
+    pub visibility_rules: VisibilityPolicy,
+}
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The token key is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// RS256 without a key file.
+    #[error("JWT_ALGORITHM=RS256 needs JWT_PUBLIC_KEY_FILE")]
+    NoPublicKey,
+    /// The key file could not be read.
+    #[error("cannot read JWT public key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The public listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The edge role.
+pub struct Edge {
+    config: EdgeConfig,
+    environment: Environment,
+    log: Arc<dyn EventLog>,
+    subjects: Subjects,
+    node: NodeId,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    view: Arc<PresenceView>,
+    local: Arc<LocalConnections>,
+}
+
+impl Edge {
+    /// An edge appending to and reading from `log` under `subjects`, as node `node`.
+    pub fn new(
+        config: EdgeConfig,
+        environment: Environment,
+        log: Arc<dyn EventLog>,
+        subjects: Subjects,
+        node: NodeId,
+    ) -> Self {
+        Self {
+            config,
+            environment,
+            log,
+            subjects,
+            node,
+        }
+    }
+
+    fn verifier(&self) -> Result<Option<Verifier>, EdgeError> {
+        match self.config.jwt_algorithm {
+            JwtAlgorithm::Hs256 if !self.config.jwt_secret.is_set() && self.insecure() => Ok(None),
+            JwtAlgorithm::Hs256 => Ok(Some(Verifier::hs256(
+                self.config.jwt_secret.expose().as_bytes(),
+            )?)),
+            JwtAlgorithm::Rs256 => {
+                let path = self
+                    .config
+                    .jwt_public_key_file
+                    .clone()
+                    .ok_or(EdgeError::NoPublicKey)?;
+                let pem =
+                    std::fs::read(&path).map_err(|source| EdgeError::KeyFile { path, source })?;
+                Ok(Some(Verifier::rs256_pem(&pem)?))
+            }
+        }
+    }
+
+    fn insecure(&self) -> bool {
+        self.environment == Environment::Development && self.config.allow_insecure_userid
+    }
+
+    /// Binds the public listener and starts serving on `tasks`; returns the bound address.
+    /// Everything stops when `shutdown` is cancelled: sockets are closed (their leaves
+    /// appended) and pending heartbeats flushed.
+    pub async fn start(
+        self,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+        readiness: Readiness,
+    ) -> Result<SocketAddr, EdgeError> {
+        let verifier = self.verifier()?;
+        if self.config.allow_insecure_userid && !self.insecure() {
+            tracing::warn!(
+                "SOCKET_ALLOW_INSECURE_USERID is ignored outside PRESENCE_ENV=development"
+            );
+        }
+        let publisher =
+            EventPublisher::new(self.log.clone(), self.subjects.clone(), self.node.clone());
+        // The batcher outlives the sockets: leaves appended while closing still order after beats.
+        let beats_shutdown = CancellationToken::new();
+        let beats = BeatBatcher::start(
+            publisher.clone(),
+            Duration::from_millis(self.config.beat_flush_ms),
+            tasks,
+            beats_shutdown.clone(),
+        );
+        let view = Arc::new(PresenceView::default());
+        let local = Arc::new(LocalConnections::default());
+        let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
+        socket::register(
+            &io,
+            Arc::new(SocketContext {
+                auth: Authenticator {
+                    verifier,
+                    insecure: self.insecure(),
+                },
+                publisher,
+                beats,
+                view: view.clone(),
+                policy: self.config.visibility_rules.clone(),
+                local: local.clone(),
+            }),
+        );
+        tasks.spawn(
+            fanout::FanOut {
+                log: self.log.clone(),
+                subjects: self.subjects.clone(),
+                view: view.clone(),
+                policy: self.config.visibility_rules.clone(),
+                io: io.clone(),
+                readiness,
+            }
+            .run(shutdown.clone()),
+        );
+
+        let app = Router::new()
+            .route("/api/health", get(health))
+            .with_state(HttpState { view, local })
+            .layer(layer);
+        let listener = tokio::net::TcpListener::bind(&self.config.http_addr)
+            .await
+            .map_err(|source| EdgeError::Bind {
+                addr: self.config.http_addr.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| EdgeError::Bind {
+            addr: self.config.http_addr.clone(),
+            source,
+        })?;
+        tasks.spawn(async move {
+            let stop = shutdown.clone();
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    stop.cancelled().await;
+                    io.close().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "public listener failed");
+            }
+            beats_shutdown.cancel();
+        });
+        Ok(local_addr)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    status: &'static str,
+    presence: PresenceFigures,
+    sockets: SocketFigures,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PresenceFigures {
+    online_users: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SocketFigures {
+    connected: usize,
+    connected_users: usize,
+}
+
+async fn health(State(state): State<HttpState>) -> Json<Health> {
+    let (connected, connected_users) = state.local.counts();
+    Json(Health {
+        status: "ok",
+        presence: PresenceFigures {
+            online_users: state.view.online_users(),
+        },
+        sockets: SocketFigures {
+            connected,
+            connected_users,
+        },
+    })
+}

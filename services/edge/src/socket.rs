@@ -1,0 +1,411 @@
+//! The Socket.io interface on the default namespace.
+//!
+//! Handshake: `auth: { token }` (a JWT) or, only in development with
+//! `SOCKET_ALLOW_INSECURE_USERID=true`, `auth: { userId, gender }`; each refusal is a
+//! `connect_error` saying why. Client events: `user:heartbeat`, `user:status` (acked once the
+//! event is durable), `presence:query` (acked with the presence of each user asked for,
+//! visibility applied). Server events: `presence-update`. Every socket joins the room of its
+//! viewer class; closing it appends a `leave`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use presence_auth::{AuthError, Identity, Verifier};
+use presence_events::{
+    BeatEntry, ConnId, Details, EventBody, LeaveReason, Millis, SetStatus, UserId, UserKey,
+};
+use serde::{Deserialize, Serialize};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::socket::DisconnectReason;
+
+use crate::beats::BeatBatcher;
+use crate::publisher::EventPublisher;
+use crate::view::{PresenceUpdate, PresenceView};
+use crate::visibility::{VisibilityPolicy, viewer_room};
+
+/// Most users one `presence:query` may ask about.
+const MAX_QUERY_USERS: usize = 500;
+
+/// How handshakes are authenticated.
+pub(crate) struct Authenticator {
+    pub(crate) verifier: Option<Verifier>,
+    /// `auth: { userId, gender }` accepted (development only).
+    pub(crate) insecure: bool,
+}
+
+/// Sockets and users connected to this edge.
+#[derive(Default)]
+pub(crate) struct LocalConnections {
+    sockets: AtomicUsize,
+    users: Mutex<HashMap<UserKey, u32>>,
+}
+
+impl LocalConnections {
+    fn opened(&self, key: UserKey) {
+        self.sockets.fetch_add(1, Ordering::Relaxed);
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        *users.entry(key).or_default() += 1;
+        metrics::gauge!("presence_connections", "transport" => "socketio").increment(1.0);
+    }
+
+    fn closed(&self, key: &UserKey) {
+        self.sockets.fetch_sub(1, Ordering::Relaxed);
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = users.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                users.remove(key);
+            }
+        }
+        metrics::gauge!("presence_connections", "transport" => "socketio").decrement(1.0);
+    }
+
+    /// (sockets, distinct users) connected here.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (self.sockets.load(Ordering::Relaxed), users)
+    }
+}
+
+/// What the Socket.io handlers share.
+pub(crate) struct SocketContext {
+    pub(crate) auth: Authenticator,
+    pub(crate) publisher: EventPublisher,
+    pub(crate) beats: BeatBatcher,
+    pub(crate) view: Arc<PresenceView>,
+    pub(crate) policy: VisibilityPolicy,
+    pub(crate) local: Arc<LocalConnections>,
+}
+
+/// One authenticated socket: who, and which connection.
+#[derive(Clone)]
+struct Session {
+    identity: Arc<Identity>,
+    conn: ConnId,
+}
+
+impl Session {
+    fn key(&self) -> UserKey {
+        UserKey {
+            tenant: self.identity.tenant.clone(),
+            user: self.identity.user.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HandshakeAuth {
+    token: Option<String>,
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+    gender: Option<String>,
+    tenant: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("auth must be an object like {{ token: \"<JWT>\" }}")]
+    BadPayload,
+    #[error("token authentication is not configured on this server")]
+    NoVerifier,
+    #[error(
+        "auth {{ userId }} is only accepted in development with SOCKET_ALLOW_INSECURE_USERID=true: send auth {{ token: \"<JWT>\" }}"
+    )]
+    InsecureDisabled,
+}
+
+impl HandshakeError {
+    fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Auth(AuthError::Missing) => "missing",
+            HandshakeError::Auth(AuthError::Expired) => "expired",
+            HandshakeError::Auth(_) => "invalid",
+            HandshakeError::BadPayload => "bad_payload",
+            HandshakeError::NoVerifier => "no_verifier",
+            HandshakeError::InsecureDisabled => "insecure_disabled",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusRequest {
+    status: String,
+    #[serde(default)]
+    details: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryRequest {
+    #[serde(rename = "userIds")]
+    user_ids: Vec<String>,
+}
+
+/// What an acknowledgement carries: `{ok: true, …}` or `{ok: false, error}`.
+#[derive(Debug, Serialize)]
+struct Ack {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<Vec<PresenceUpdate>>,
+}
+
+impl Ack {
+    fn ok() -> Self {
+        Self {
+            ok: true,
+            error: None,
+            presence: None,
+        }
+    }
+
+    fn error(event: &'static str, reason: &'static str, message: String) -> Self {
+        metrics::counter!("presence_socket_rejected_total", "event" => event, "reason" => reason)
+            .increment(1);
+        Self {
+            ok: false,
+            error: Some(message),
+            presence: None,
+        }
+    }
+}
+
+/// Installs the handlers of the default namespace.
+pub(crate) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
+    let auth_cx = cx.clone();
+    let authenticate = move |s: SocketRef, TryData(auth): TryData<HandshakeAuth>| {
+        let cx = auth_cx.clone();
+        async move {
+            let result = cx.authenticate(&s, auth.ok());
+            if let Err(e) = &result {
+                metrics::counter!("presence_handshakes_rejected_total", "reason" => e.reason())
+                    .increment(1);
+            }
+            result
+        }
+    };
+    let on_connect = move |s: SocketRef| {
+        let cx = cx.clone();
+        async move { cx.on_connect(s).await }
+    };
+    io.ns("/", on_connect.with(authenticate));
+}
+
+impl SocketContext {
+    fn authenticate(
+        &self,
+        s: &SocketRef,
+        auth: Option<HandshakeAuth>,
+    ) -> Result<(), HandshakeError> {
+        let auth = auth.ok_or(HandshakeError::BadPayload)?;
+        let identity = match (auth.token, auth.user_id) {
+            (Some(token), _) => self
+                .auth
+                .verifier
+                .as_ref()
+                .ok_or(HandshakeError::NoVerifier)?
+                .verify(&token)?,
+            (None, Some(user)) if self.auth.insecure => {
+                Identity::from_claims(&user, auth.gender.as_deref(), auth.tenant.as_deref())?
+            }
+            (None, Some(_)) => return Err(HandshakeError::InsecureDisabled),
+            (None, None) => return Err(AuthError::Missing.into()),
+        };
+        s.extensions.insert(Session {
+            identity: Arc::new(identity),
+            conn: ConnId::new(),
+        });
+        Ok(())
+    }
+
+    async fn on_connect(self: Arc<Self>, s: SocketRef) {
+        let Some(session) = s.extensions.get::<Session>() else {
+            let _ = s.disconnect();
+            return;
+        };
+        let id = &session.identity;
+        s.join(viewer_room(&id.tenant, &id.class));
+        // Handlers first, before any await, so no early client event is missed.
+        self.install_handlers(&s, &session);
+        self.local.opened(session.key());
+        metrics::counter!("presence_connections_opened_total", "transport" => "socketio")
+            .increment(1);
+        let join = EventBody::Join {
+            tenant: id.tenant.clone(),
+            user: id.user.clone(),
+            conn: session.conn,
+            class: id.class.clone(),
+        };
+        if let Err(e) = self.publisher.publish(join).await {
+            tracing::warn!(error = %e, "could not append a join; closing the socket");
+            let _ = s.emit(
+                "error",
+                &serde_json::json!({"message": "presence is unavailable right now; reconnect later"}),
+            );
+            let _ = s.disconnect();
+        }
+    }
+
+    fn install_handlers(self: &Arc<Self>, s: &SocketRef, session: &Session) {
+        let (cx, sn) = (self.clone(), session.clone());
+        s.on("user:heartbeat", move |ack: AckSender| {
+            let (cx, sn) = (cx.clone(), sn.clone());
+            async move {
+                let id = &sn.identity;
+                cx.beats
+                    .beat(BeatEntry {
+                        tenant: id.tenant.clone(),
+                        user: id.user.clone(),
+                        conn: sn.conn,
+                        class: id.class.clone(),
+                        at: Millis::now(),
+                    })
+                    .await;
+                let _ = ack.send(&Ack::ok());
+            }
+        });
+
+        let (cx, sn) = (self.clone(), session.clone());
+        s.on(
+            "user:status",
+            move |TryData(request): TryData<StatusRequest>, ack: AckSender| {
+                let (cx, sn) = (cx.clone(), sn.clone());
+                async move {
+                    let answer = cx.set_status(&sn, request.ok()).await;
+                    let _ = ack.send(&answer);
+                }
+            },
+        );
+
+        let (cx, sn) = (self.clone(), session.clone());
+        s.on(
+            "presence:query",
+            move |TryData(request): TryData<QueryRequest>, ack: AckSender| {
+                let (cx, sn) = (cx.clone(), sn.clone());
+                async move {
+                    let _ = ack.send(&cx.query(&sn, request.ok()));
+                }
+            },
+        );
+
+        let (cx, sn) = (self.clone(), session.clone());
+        s.on_disconnect(move |reason: DisconnectReason| {
+            let (cx, sn) = (cx.clone(), sn.clone());
+            async move { cx.on_disconnect(&sn, reason).await }
+        });
+    }
+
+    async fn set_status(&self, sn: &Session, request: Option<StatusRequest>) -> Ack {
+        const EVENT: &str = "user:status";
+        let Some(request) = request else {
+            return Ack::error(
+                EVENT,
+                "bad_payload",
+                "expected {status: \"online\" | \"live\" | \"in_call\", details?: {...}}".into(),
+            );
+        };
+        let status = match SetStatus::parse(&request.status) {
+            Ok(status) => status,
+            Err(e) => return Ack::error(EVENT, "unknown_status", e.to_string()),
+        };
+        let details = match request.details {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => match Details::parse(value) {
+                Ok(details) => Some(details),
+                Err(e) => return Ack::error(EVENT, "bad_details", e.to_string()),
+            },
+        };
+        let id = &sn.identity;
+        let body = EventBody::Status {
+            tenant: id.tenant.clone(),
+            user: id.user.clone(),
+            conn: sn.conn,
+            class: id.class.clone(),
+            status,
+            details,
+        };
+        match self.publisher.publish(body).await {
+            Ok(_) => Ack::ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not append a status");
+                Ack::error(
+                    EVENT,
+                    "unavailable",
+                    "status not saved: presence is unavailable right now; retry".into(),
+                )
+            }
+        }
+    }
+
+    fn query(&self, sn: &Session, request: Option<QueryRequest>) -> Ack {
+        const EVENT: &str = "presence:query";
+        let Some(request) = request else {
+            return Ack::error(
+                EVENT,
+                "bad_payload",
+                "expected {userIds: [\"<userId>\", ...]}".into(),
+            );
+        };
+        if request.user_ids.len() > MAX_QUERY_USERS {
+            return Ack::error(
+                EVENT,
+                "too_many",
+                format!(
+                    "at most {MAX_QUERY_USERS} userIds per query, got {}",
+                    request.user_ids.len()
+                ),
+            );
+        }
+        let mut users = Vec::with_capacity(request.user_ids.len());
+        for (i, raw) in request.user_ids.into_iter().enumerate() {
+            match UserId::parse(raw) {
+                Ok(user) => users.push(user),
+                Err(e) => return Ack::error(EVENT, "bad_user_id", format!("userIds[{i}]: {e}")),
+            }
+        }
+        let id = &sn.identity;
+        Ack {
+            ok: true,
+            error: None,
+            presence: Some(
+                self.view
+                    .presence_for(&self.policy, &id.class, &id.tenant, users),
+            ),
+        }
+    }
+
+    async fn on_disconnect(&self, sn: &Session, reason: DisconnectReason) {
+        self.local.closed(&sn.key());
+        // A beat still pending for this connection must not land after its leave.
+        self.beats.forget(sn.conn).await;
+        let id = &sn.identity;
+        let reason = match reason {
+            DisconnectReason::ClientNSDisconnect | DisconnectReason::TransportClose => {
+                LeaveReason::Client
+            }
+            DisconnectReason::ServerNSDisconnect
+            | DisconnectReason::ClosingServer
+            | DisconnectReason::PacketParsingError
+            | DisconnectReason::MultipleHttpPollingError => LeaveReason::Server,
+            DisconnectReason::TransportError | DisconnectReason::HeartbeatTimeout => {
+                LeaveReason::Transport
+            }
+        };
+        let leave = EventBody::Leave {
+            tenant: id.tenant.clone(),
+            user: id.user.clone(),
+            conn: sn.conn,
+            class: id.class.clone(),
+            reason,
+        };
+        // If this fails the connection is swept after the heartbeat timeout instead.
+        if let Err(e) = self.publisher.publish(leave).await {
+            tracing::warn!(error = %e, "could not append a leave; the sweep will close it");
+        }
+    }
+}

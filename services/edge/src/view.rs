@@ -1,0 +1,209 @@
+//! The edge's view of everyone's presence: a projection of the changes stream, answering
+//! `presence:query` without a round trip. Rebuilt at start-up from the last change of every
+//! user (the changes stream keeps one per user), then kept current by the fan-out.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use presence_events::{
+    Details, Millis, PresenceChange, Status, TenantId, UserId, UserKey, ViewerClass, format_rfc3339,
+};
+use serde::Serialize;
+
+use crate::visibility::VisibilityPolicy;
+
+/// What clients receive about one user: the `presence-update` payload and each entry of a
+/// `presence:query` answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceUpdate {
+    /// The user.
+    pub user_id: UserId,
+    /// `online`, `offline`, `live` or `in_call`.
+    pub status: Status,
+    /// Whether the user has a live connection.
+    pub online: bool,
+    /// RFC 3339 time the user was last seen, or `null` if never.
+    pub last_seen: Option<String>,
+    /// Details of `live` / `in_call`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Details>,
+}
+
+impl PresenceUpdate {
+    /// The update a change announces.
+    pub fn from_change(change: &PresenceChange) -> Self {
+        Self {
+            user_id: change.user.clone(),
+            status: change.status,
+            online: change.online,
+            last_seen: change.last_seen.map(format_rfc3339),
+            details: change.details.clone(),
+        }
+    }
+
+    /// What is said of a user never seen, or not visible to the asker: offline, never seen.
+    /// Hidden users are indistinguishable from absent ones, so visibility cannot be probed.
+    pub fn unknown(user: UserId) -> Self {
+        Self {
+            user_id: user,
+            status: Status::Offline,
+            online: false,
+            last_seen: None,
+            details: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    class: ViewerClass,
+    status: Status,
+    online: bool,
+    last_seen: Option<Millis>,
+    details: Option<Details>,
+    seq: u64,
+}
+
+/// Everyone's presence as this edge knows it.
+#[derive(Default)]
+pub(crate) struct PresenceView {
+    users: RwLock<HashMap<UserKey, Entry>>,
+}
+
+impl PresenceView {
+    /// Takes in a change; returns `false` (and changes nothing) if it is not newer than what
+    /// is known, as after a resubscription.
+    pub(crate) fn apply(&self, change: &PresenceChange) -> bool {
+        let key = UserKey {
+            tenant: change.tenant.clone(),
+            user: change.user.clone(),
+        };
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        if users.get(&key).is_some_and(|known| known.seq >= change.seq) {
+            return false;
+        }
+        users.insert(
+            key,
+            Entry {
+                class: change.class.clone(),
+                status: change.status,
+                online: change.online,
+                last_seen: change.last_seen,
+                details: change.details.clone(),
+                seq: change.seq,
+            },
+        );
+        true
+    }
+
+    /// The presence of `users` in `tenant` as a viewer of class `viewer` may see it.
+    pub(crate) fn presence_for(
+        &self,
+        policy: &VisibilityPolicy,
+        viewer: &ViewerClass,
+        tenant: &TenantId,
+        users: Vec<UserId>,
+    ) -> Vec<PresenceUpdate> {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users
+            .into_iter()
+            .map(|user| {
+                let key = UserKey {
+                    tenant: tenant.clone(),
+                    user,
+                };
+                match known.get(&key) {
+                    Some(entry) if policy.can_see(viewer, &entry.class) => PresenceUpdate {
+                        user_id: key.user,
+                        status: entry.status,
+                        online: entry.online,
+                        last_seen: entry.last_seen.map(format_rfc3339),
+                        details: entry.details.clone(),
+                    },
+                    _ => PresenceUpdate::unknown(key.user),
+                }
+            })
+            .collect()
+    }
+
+    /// Users online across the cluster, as far as this edge knows.
+    pub(crate) fn online_users(&self) -> usize {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        known.values().filter(|e| e.online).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use presence_events::{Cause, SCHEMA_VERSION};
+
+    use super::*;
+
+    fn change(user: &str, class: &str, online: bool, seq: u64) -> PresenceChange {
+        PresenceChange {
+            v: SCHEMA_VERSION,
+            tenant: TenantId::default_tenant(),
+            user: UserId::parse(user).unwrap(),
+            class: ViewerClass::from_gender(Some(class)),
+            status: if online {
+                Status::Online
+            } else {
+                Status::Offline
+            },
+            online,
+            last_seen: Some(Millis(1_000)),
+            details: None,
+            cause: if online { Cause::Join } else { Cause::Leave },
+            at: Millis(1_000),
+            seq,
+        }
+    }
+
+    #[test]
+    fn older_changes_never_overwrite_newer_ones() {
+        let view = PresenceView::default();
+        assert!(view.apply(&change("ayse", "female", false, 5)));
+        assert!(!view.apply(&change("ayse", "female", true, 4)));
+        assert_eq!(view.online_users(), 0);
+    }
+
+    #[test]
+    fn queries_apply_visibility_and_hide_what_a_viewer_may_not_see() {
+        let view = PresenceView::default();
+        view.apply(&change("ali", "male", true, 1));
+        view.apply(&change("ayse", "female", true, 2));
+        let policy = VisibilityPolicy::default();
+        let ask = |viewer: &str| {
+            view.presence_for(
+                &policy,
+                &ViewerClass::from_gender(Some(viewer)),
+                &TenantId::default_tenant(),
+                vec![
+                    UserId::parse("ali").unwrap(),
+                    UserId::parse("ayse").unwrap(),
+                    UserId::parse("nobody").unwrap(),
+                ],
+            )
+            .into_iter()
+            .map(|p| p.online)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(ask("male"), [false, true, false]);
+        assert_eq!(ask("female"), [true, true, false]);
+    }
+
+    #[test]
+    fn tenants_do_not_see_each_other() {
+        let view = PresenceView::default();
+        view.apply(&change("ayse", "female", true, 1));
+        let other_tenant = TenantId::parse("shop-1").unwrap();
+        let answer = view.presence_for(
+            &VisibilityPolicy::default(),
+            &ViewerClass::other(),
+            &other_tenant,
+            vec![UserId::parse("ayse").unwrap()],
+        );
+        assert!(!answer[0].online);
+    }
+}

@@ -1,0 +1,239 @@
+//! Command line: roles as subcommands, every setting from env vars with flags as overrides.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use presence_aggregator::{Aggregator, AggregatorConfig};
+use presence_config::{LogArgs, NodeArgs, Secret};
+use presence_edge::{Edge, EdgeConfig};
+use presence_events::{NodeId, Subjects};
+use presence_log::{EventLog, JetStreamLog, MemoryLog};
+use presence_telemetry::Readiness;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::streams::ensure_streams;
+
+/// Real-time presence: who is online, pushed to who may see it.
+#[derive(Debug, Parser)]
+#[command(name = "presence", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// Every role in one process with an in-memory event log: no external service needed.
+    Standalone {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        edge: EdgeConfig,
+        #[command(flatten)]
+        aggregator: AggregatorConfig,
+    },
+    /// An edge: Socket.io / WebSocket / HTTP in, events to JetStream, changes out to sockets.
+    Edge {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        edge: EdgeConfig,
+    },
+    /// The aggregator: folds events into presence, sweeps, publishes changes.
+    Aggregator {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        aggregator: AggregatorConfig,
+    },
+    /// Prints an HS256 token for development and testing.
+    Token {
+        /// Secret to sign with.
+        #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+        secret: Secret,
+        /// User id.
+        #[arg(long)]
+        sub: String,
+        /// Gender claim (visibility class).
+        #[arg(long)]
+        gender: Option<String>,
+        /// Tenant claim.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+/// What a started role reports: its listeners.
+type Listeners = Vec<(&'static str, SocketAddr)>;
+
+impl Cli {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        match self.role {
+            Role::Standalone {
+                node,
+                log,
+                edge,
+                aggregator,
+            } => {
+                tracing::info!(?node, ?edge, ?aggregator, namespace = %log.namespace, "effective configuration");
+                let event_log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+                serve("standalone", &node, &log, event_log, |cx| async move {
+                    Aggregator::new(
+                        aggregator,
+                        cx.log.clone(),
+                        cx.subjects.clone(),
+                        cx.node.clone(),
+                    )
+                    .start(&cx.tasks, cx.shutdown.clone());
+                    let http = Edge::new(edge, node.environment, cx.log, cx.subjects, cx.node)
+                        .start(&cx.tasks, cx.shutdown, cx.readiness)
+                        .await?;
+                    Ok(vec![("public", http)])
+                })
+                .await
+            }
+            Role::Edge { node, log, edge } => {
+                tracing::info!(?node, ?log, ?edge, "effective configuration");
+                let event_log = connect(&log, "edge").await?;
+                serve("edge", &node, &log, event_log, |cx| async move {
+                    let http = Edge::new(edge, node.environment, cx.log, cx.subjects, cx.node)
+                        .start(&cx.tasks, cx.shutdown, cx.readiness)
+                        .await?;
+                    Ok(vec![("public", http)])
+                })
+                .await
+            }
+            Role::Aggregator {
+                node,
+                log,
+                aggregator,
+            } => {
+                tracing::info!(?node, ?log, ?aggregator, "effective configuration");
+                let event_log = connect(&log, "aggregator").await?;
+                serve("aggregator", &node, &log, event_log, |cx| async move {
+                    Aggregator::new(aggregator, cx.log, cx.subjects, cx.node)
+                        .start(&cx.tasks, cx.shutdown);
+                    cx.readiness.set(true);
+                    Ok(vec![])
+                })
+                .await
+            }
+            Role::Token {
+                secret,
+                sub,
+                gender,
+                tenant,
+                ttl_secs,
+            } => {
+                let claims = presence_auth::Claims {
+                    sub,
+                    exp: jsonwebtoken_now() + ttl_secs,
+                    gender,
+                    tenant,
+                    ..Default::default()
+                };
+                let token = presence_auth::sign_hs256(&claims, secret.expose().as_bytes())
+                    .context("signing the token")?;
+                println!("{token}");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn jsonwebtoken_now() -> u64 {
+    presence_events::Millis::now().0 / 1000
+}
+
+async fn connect(log: &LogArgs, role: &str) -> anyhow::Result<Arc<dyn EventLog>> {
+    let event_log = JetStreamLog::connect(&log.nats_url, &format!("presence-{role}"))
+        .await
+        .with_context(|| format!("connecting the {role} to NATS (set NATS_URL)"))?;
+    Ok(Arc::new(event_log))
+}
+
+/// What a role needs to start.
+struct RoleContext {
+    log: Arc<dyn EventLog>,
+    subjects: Subjects,
+    node: NodeId,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    readiness: Readiness,
+}
+
+/// Runs one role: streams, admin listener, the role itself, then waits for SIGTERM / Ctrl-C
+/// and shuts everything down in order.
+async fn serve<F, Fut>(
+    role: &str,
+    node: &NodeArgs,
+    log_args: &LogArgs,
+    log: Arc<dyn EventLog>,
+    start: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(RoleContext) -> Fut,
+    Fut: Future<Output = anyhow::Result<Listeners>>,
+{
+    let subjects = Subjects::new(&log_args.namespace);
+    ensure_streams(log.as_ref(), &subjects, log_args)
+        .await
+        .context("creating the event streams")?;
+    let node_id = match &node.node_id {
+        Some(id) => NodeId::parse(id.clone()).context("PRESENCE_NODE_ID")?,
+        None => NodeId::parse(format!("{role}-{}", std::process::id())).context("node id")?,
+    };
+    let metrics = presence_telemetry::install_metrics()?;
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let readiness = Readiness::default();
+    let admin = presence_telemetry::serve_admin(
+        &node.admin_addr,
+        metrics,
+        readiness.clone(),
+        &tasks,
+        shutdown.clone(),
+    )
+    .await?;
+    let listeners = start(RoleContext {
+        log,
+        subjects,
+        node: node_id.clone(),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+        readiness,
+    })
+    .await?;
+    let mut banner = format!("presence {role} ready: node={node_id}");
+    for (name, addr) in listeners {
+        banner.push_str(&format!(" {name}={addr}"));
+    }
+    banner.push_str(&format!(" admin={admin}"));
+    println!("{banner}");
+
+    presence_telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(20), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 20 s");
+    }
+    Ok(())
+}

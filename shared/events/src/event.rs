@@ -1,0 +1,220 @@
+//! Events: what edges (and the aggregator's clock) append to the event log.
+//!
+//! The log is the source of truth; every projection is a fold over these. An event carries
+//! its own id (UUID v7, also the JetStream `Nats-Msg-Id` used for de-duplication), its own
+//! time and the node that wrote it, so folding the same events always gives the same state.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{ConnId, Details, Millis, NodeId, SetStatus, TenantId, UserId, ViewerClass};
+
+/// The version of the event schema this build writes. Readers accept this and older.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Schema version ([`SCHEMA_VERSION`] when written by this build).
+    pub v: u16,
+    /// Unique id, UUID v7; also the de-duplication id in the log.
+    pub id: Uuid,
+    /// When it happened, by the clock of the node that wrote it.
+    pub at: Millis,
+    /// The node that wrote it.
+    pub node: NodeId,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A connection of a user opened.
+    Join {
+        /// Tenant of the user.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The new connection.
+        conn: ConnId,
+        /// The user's visibility class.
+        class: ViewerClass,
+    },
+    /// Connections that sent a heartbeat since the edge's previous beat message (batched per edge).
+    Beat {
+        /// One entry per connection that beat, with the time of its latest heartbeat.
+        beats: Vec<BeatEntry>,
+    },
+    /// A connection closed.
+    Leave {
+        /// Tenant of the user.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The connection that closed.
+        conn: ConnId,
+        /// The user's visibility class.
+        class: ViewerClass,
+        /// Why it closed.
+        reason: LeaveReason,
+    },
+    /// A user chose a status on one of its connections.
+    Status {
+        /// Tenant of the user.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The connection it was set on.
+        conn: ConnId,
+        /// The user's visibility class.
+        class: ViewerClass,
+        /// The chosen status.
+        status: SetStatus,
+        /// Details of the status (stream details of `live`, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        details: Option<Details>,
+    },
+    /// The aggregator's clock: connections silent for the heartbeat timeout as of `at` are swept.
+    /// Written to the log so that a replay sweeps at exactly the same points.
+    Tick,
+}
+
+/// One connection's heartbeat inside a batched [`EventBody::Beat`]. Short field names:
+/// beats are the bulk of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeatEntry {
+    /// Tenant of the user.
+    #[serde(rename = "t")]
+    pub tenant: TenantId,
+    /// The user.
+    #[serde(rename = "u")]
+    pub user: UserId,
+    /// The connection that beat.
+    #[serde(rename = "c")]
+    pub conn: ConnId,
+    /// The user's visibility class.
+    #[serde(rename = "k")]
+    pub class: ViewerClass,
+    /// Time of the connection's latest heartbeat.
+    pub at: Millis,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client disconnected on purpose.
+    Client,
+    /// The transport closed or failed (network loss, ping timeout).
+    Transport,
+    /// The edge closed it (shutdown, protocol error).
+    Server,
+}
+
+/// Why bytes from the log could not be read as an event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not valid JSON of the schema.
+    #[error("malformed event: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Written by a newer build.
+    #[error("event schema version {0} is newer than this build understands ({SCHEMA_VERSION})")]
+    UnsupportedVersion(u16),
+}
+
+impl Event {
+    /// A new event written now by `node`.
+    pub fn new(node: NodeId, at: Millis, body: EventBody) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            id: Uuid::now_v7(),
+            at,
+            node,
+            body,
+        }
+    }
+
+    /// The kind of event, as used in subjects and metric labels.
+    pub fn kind(&self) -> &'static str {
+        self.body.kind()
+    }
+
+    /// Encodes for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs of strings and numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes from the log, refusing versions this build does not know.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let event: Event = serde_json::from_slice(bytes)?;
+        if event.v > SCHEMA_VERSION {
+            return Err(DecodeError::UnsupportedVersion(event.v));
+        }
+        Ok(event)
+    }
+}
+
+impl EventBody {
+    /// The kind of event, as used in subjects and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Join { .. } => "join",
+            EventBody::Beat { .. } => "beat",
+            EventBody::Leave { .. } => "leave",
+            EventBody::Status { .. } => "status",
+            EventBody::Tick => "tick",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join() -> Event {
+        Event::new(
+            NodeId::parse("edge-1").unwrap(),
+            Millis(1_700_000_000_000),
+            EventBody::Join {
+                tenant: TenantId::default_tenant(),
+                user: UserId::parse("alice").unwrap(),
+                conn: ConnId::new(),
+                class: ViewerClass::from_gender(Some("female")),
+            },
+        )
+    }
+
+    #[test]
+    fn events_round_trip_through_their_encoding() {
+        let event = join();
+        assert_eq!(Event::decode(&event.encode()).unwrap(), event);
+        let tick = Event::new(NodeId::parse("agg").unwrap(), Millis(5), EventBody::Tick);
+        assert_eq!(Event::decode(&tick.encode()).unwrap(), tick);
+    }
+
+    #[test]
+    fn the_wire_form_is_the_documented_one() {
+        let json: serde_json::Value = serde_json::from_slice(&join().encode()).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["body"]["type"], "join");
+        assert_eq!(json["body"]["data"]["user"], "alice");
+        assert_eq!(json["body"]["data"]["class"], "female");
+    }
+
+    #[test]
+    fn newer_schema_versions_are_refused_with_a_clear_error() {
+        let mut event = join();
+        event.v = SCHEMA_VERSION + 1;
+        let err = Event::decode(&serde_json::to_vec(&event).unwrap()).unwrap_err();
+        assert!(matches!(err, DecodeError::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn invalid_ids_inside_events_are_refused() {
+        let bytes = br#"{"v":1,"id":"0190f5a0-0000-7000-8000-000000000000","at":1,"node":"n","body":{"type":"join","data":{"tenant":"a.b","user":"u","conn":"0190f5a0-0000-7000-8000-000000000001","class":"male"}}}"#;
+        assert!(Event::decode(bytes).is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! The presence event schema: the domain types every service speaks, the events edges
+//! publish to the log, the presence changes the aggregator derives from them, and the
+//! subject names they travel on.
+//!
+//! This crate does no I/O. Everything that crosses a process boundary is defined here,
+//! encoded as JSON and versioned (see `docs/events.md`), so that a replay years later
+//! still decodes what the live system wrote.
+
+mod change;
+mod event;
+mod ids;
+mod status;
+mod subjects;
+mod time;
+
+pub use change::{Cause, PresenceChange};
+pub use event::{BeatEntry, DecodeError, Event, EventBody, LeaveReason, SCHEMA_VERSION};
+pub use ids::{ConnId, IdError, NodeId, TenantId, UserId, UserKey, ViewerClass};
+pub use status::{Details, DetailsError, SetStatus, Status, StatusError};
+pub use subjects::{Subjects, hex_token};
+pub use time::{Millis, format_rfc3339};

@@ -1,0 +1,191 @@
+//! The event log: an append-only, sequenced log of messages with de-duplication, behind one
+//! small trait with two implementations: [`JetStreamLog`] (NATS JetStream, the cluster's
+//! source of truth) and [`MemoryLog`] (in-process, for `presence standalone`).
+//!
+//! Everything else in the system is written against [`EventLog`] and never knows which one
+//! it talks to. NATS types stay inside this crate.
+
+mod jetstream;
+mod memory;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+pub use jetstream::JetStreamLog;
+pub use memory::MemoryLog;
+
+/// Why the log refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The log server could not be reached.
+    #[error("cannot connect to the event log at {url}: {reason}")]
+    Connect {
+        /// Where it was looked for.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A stream could not be created or read.
+    #[error("stream {stream}: {reason}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A message could not be appended durably.
+    #[error("publish to {subject} failed: {reason}")]
+    Publish {
+        /// Its subject.
+        subject: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Reading deliveries failed.
+    #[error("consuming {stream} failed: {reason}")]
+    Consume {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A stream to create (idempotently) at start-up.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: String,
+    /// Subjects it captures (wildcards allowed).
+    pub subjects: Vec<String>,
+    /// Messages kept per subject (0: unlimited). `1` turns a stream into "latest value per key".
+    pub max_msgs_per_subject: i64,
+    /// Oldest message kept (zero: forever).
+    pub max_age: Duration,
+    /// Total size kept, in bytes (0: unlimited); the oldest messages go first.
+    pub max_bytes: i64,
+    /// Window in which a repeated message id is dropped as a duplicate.
+    pub duplicate_window: Duration,
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Subject.
+    pub subject: String,
+    /// De-duplication id: a second message with the same id within the window is dropped.
+    pub msg_id: String,
+    /// Body.
+    pub payload: Bytes,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At this stream sequence (1 is the first message ever).
+    Sequence(u64),
+    /// The last message of every subject, then everything new.
+    LastPerSubject,
+    /// Only messages appended from now on.
+    New,
+}
+
+/// Resolves to the stream sequence once the message is durably in the log.
+pub type AckFuture = BoxFuture<'static, Result<u64, LogError>>;
+
+/// Messages of a subscription, in stream order.
+pub type Deliveries = BoxStream<'static, Result<Delivered, LogError>>;
+
+/// One message read from the log.
+pub struct Delivered {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Subject it was appended on.
+    pub subject: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Messages still waiting behind this one for the subscription (consumer lag).
+    pub pending: u64,
+    ack: Acker,
+}
+
+enum Acker {
+    None,
+    JetStream(Box<async_nats::jetstream::message::Acker>),
+}
+
+impl Delivered {
+    /// Confirms processing to a durable subscription: it resumes after this message (and,
+    /// as acknowledgements are cumulative, everything before it). A no-op otherwise.
+    pub async fn ack(self) -> Result<(), LogError> {
+        match self.ack {
+            Acker::None => Ok(()),
+            Acker::JetStream(acker) => acker.ack().await.map_err(|e| LogError::Consume {
+                stream: String::new(),
+                reason: format!("ack of sequence {} failed: {e}", self.seq),
+            }),
+        }
+    }
+}
+
+/// An append-only, sequenced, de-duplicating log of messages.
+pub trait EventLog: Send + Sync + 'static {
+    /// Creates the stream, or brings an existing one to `spec`.
+    fn ensure_stream(&self, spec: StreamSpec) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// Sends a message. Messages sent one after another are appended in that order; the
+    /// returned future resolves once this one is durable.
+    fn publish(&self, msg: Outgoing) -> BoxFuture<'_, Result<AckFuture, LogError>>;
+
+    /// Reads `stream` from `start`. With a `durable` name the subscription is tracked by the
+    /// log and acknowledged with [`Delivered::ack`]; an existing one of that name is replaced.
+    fn subscribe<'a>(
+        &'a self,
+        stream: &'a str,
+        start: StartAt,
+        durable: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Deliveries, LogError>>;
+
+    /// Sequence of the newest message of `stream` (0 when empty).
+    fn last_sequence<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<u64, LogError>>;
+}
+
+/// Sends a message and waits until it is durable; returns its sequence.
+pub async fn publish_durable(log: &dyn EventLog, msg: Outgoing) -> Result<u64, LogError> {
+    log.publish(msg).await?.await
+}
+
+/// Appends `messages` in order and waits until all are durable, retrying the whole batch
+/// (de-duplicated by message id, so nothing is stored twice) with backoff until it succeeds
+/// or `shutdown` is cancelled. Returns `false` only when cancelled before success.
+pub async fn publish_all_durable(
+    log: &dyn EventLog,
+    messages: &[Outgoing],
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match try_publish_all(log, messages).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, count = messages.len(), retry_in = ?backoff, "publish failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn try_publish_all(log: &dyn EventLog, messages: &[Outgoing]) -> Result<(), LogError> {
+    let mut acks = Vec::with_capacity(messages.len());
+    for msg in messages {
+        acks.push(log.publish(msg.clone()).await?);
+    }
+    futures::future::try_join_all(acks).await.map(|_| ())
+}

@@ -1,0 +1,375 @@
+//! An in-process event log for `presence standalone`: the same contract as JetStream
+//! (sequences, subject wildcards, de-duplication window, last-per-subject retention), kept in
+//! memory and lost with the process.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream;
+use tokio::sync::watch;
+
+use crate::{
+    AckFuture, Acker, Delivered, Deliveries, EventLog, LogError, Outgoing, StartAt, StreamSpec,
+};
+
+/// An in-process event log.
+#[derive(Clone, Default)]
+pub struct MemoryLog {
+    streams: Arc<Mutex<Vec<MemStream>>>,
+}
+
+struct Stored {
+    subject: String,
+    payload: Bytes,
+    appended: Instant,
+}
+
+struct MemStream {
+    spec: StreamSpec,
+    messages: BTreeMap<u64, Stored>,
+    last_seq: u64,
+    bytes: i64,
+    last_by_subject: HashMap<String, u64>,
+    recent_ids: HashMap<String, u64>,
+    recent_order: VecDeque<(Instant, String)>,
+    appended: watch::Sender<u64>,
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<MemStream>> {
+        // A panic while holding the lock cannot leave a stream half-updated in a way that
+        // matters more than losing the process; keep serving.
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append(&self, msg: Outgoing) -> Result<u64, LogError> {
+        let mut streams = self.lock();
+        let stream = streams
+            .iter_mut()
+            .find(|s| {
+                s.spec
+                    .subjects
+                    .iter()
+                    .any(|p| subject_matches(p, &msg.subject))
+            })
+            .ok_or_else(|| LogError::Publish {
+                subject: msg.subject.clone(),
+                reason: "no stream captures this subject".into(),
+            })?;
+        Ok(stream.append(msg))
+    }
+}
+
+impl MemStream {
+    fn append(&mut self, msg: Outgoing) -> u64 {
+        let now = Instant::now();
+        while let Some((t, _)) = self.recent_order.front() {
+            if now.duration_since(*t) < self.spec.duplicate_window {
+                break;
+            }
+            if let Some((_, id)) = self.recent_order.pop_front() {
+                self.recent_ids.remove(&id);
+            }
+        }
+        if let Some(seq) = self.recent_ids.get(&msg.msg_id) {
+            return *seq;
+        }
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        self.recent_ids.insert(msg.msg_id.clone(), seq);
+        self.recent_order.push_back((now, msg.msg_id));
+        if self.spec.max_msgs_per_subject == 1 {
+            if let Some(old) = self.last_by_subject.insert(msg.subject.clone(), seq) {
+                self.remove(old);
+            }
+        } else {
+            self.last_by_subject.insert(msg.subject.clone(), seq);
+        }
+        self.bytes += msg.payload.len() as i64;
+        self.messages.insert(
+            seq,
+            Stored {
+                subject: msg.subject,
+                payload: msg.payload,
+                appended: now,
+            },
+        );
+        self.enforce_limits(now);
+        self.appended.send_replace(seq);
+        seq
+    }
+
+    fn remove(&mut self, seq: u64) {
+        if let Some(old) = self.messages.remove(&seq) {
+            self.bytes -= old.payload.len() as i64;
+            if self.last_by_subject.get(&old.subject) == Some(&seq) {
+                self.last_by_subject.remove(&old.subject);
+            }
+        }
+    }
+
+    fn enforce_limits(&mut self, now: Instant) {
+        while let Some((&seq, oldest)) = self.messages.first_key_value() {
+            let too_old = !self.spec.max_age.is_zero()
+                && now.duration_since(oldest.appended) > self.spec.max_age;
+            let too_big = self.spec.max_bytes > 0 && self.bytes > self.spec.max_bytes;
+            if !(too_old || too_big) || seq == self.last_seq {
+                break;
+            }
+            self.remove(seq);
+        }
+    }
+
+    /// The first message at or after `from`, with the count behind it.
+    fn next_from(&self, from: u64) -> Option<(u64, &Stored, u64)> {
+        self.messages
+            .range(from..)
+            .next()
+            .map(|(&seq, stored)| (seq, stored, self.last_seq - seq))
+    }
+}
+
+/// NATS subject matching: `*` matches one token, `>` the rest.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+struct Cursor {
+    log: MemoryLog,
+    stream: String,
+    /// Sequences to deliver first (the last message of each subject), in order.
+    backlog: VecDeque<u64>,
+    next: u64,
+    appended: watch::Receiver<u64>,
+}
+
+impl Cursor {
+    fn take_next(&mut self) -> Result<Option<Delivered>, LogError> {
+        let streams = self.log.lock();
+        let stream = streams
+            .iter()
+            .find(|s| s.spec.name == self.stream)
+            .ok_or_else(|| LogError::Consume {
+                stream: self.stream.clone(),
+                reason: "stream was removed".into(),
+            })?;
+        while let Some(seq) = self.backlog.pop_front() {
+            if let Some(stored) = stream.messages.get(&seq) {
+                return Ok(Some(delivered(seq, stored, stream.last_seq - seq)));
+            }
+        }
+        Ok(stream.next_from(self.next).map(|(seq, stored, pending)| {
+            self.next = seq + 1;
+            delivered(seq, stored, pending)
+        }))
+    }
+}
+
+fn delivered(seq: u64, stored: &Stored, pending: u64) -> Delivered {
+    Delivered {
+        seq,
+        subject: stored.subject.clone(),
+        payload: stored.payload.clone(),
+        pending,
+        ack: Acker::None,
+    }
+}
+
+impl EventLog for MemoryLog {
+    fn ensure_stream(&self, spec: StreamSpec) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            let mut streams = self.lock();
+            if let Some(existing) = streams.iter_mut().find(|s| s.spec.name == spec.name) {
+                existing.spec = spec;
+            } else {
+                streams.push(MemStream {
+                    spec,
+                    messages: BTreeMap::new(),
+                    last_seq: 0,
+                    bytes: 0,
+                    last_by_subject: HashMap::new(),
+                    recent_ids: HashMap::new(),
+                    recent_order: VecDeque::new(),
+                    appended: watch::Sender::new(0),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn publish(&self, msg: Outgoing) -> BoxFuture<'_, Result<AckFuture, LogError>> {
+        let appended = self.append(msg);
+        Box::pin(async move {
+            let seq = appended?;
+            let ack: AckFuture = Box::pin(async move { Ok(seq) });
+            Ok(ack)
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        stream: &'a str,
+        start: StartAt,
+        _durable: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Deliveries, LogError>> {
+        Box::pin(async move {
+            let cursor = {
+                let streams = self.lock();
+                let s = streams
+                    .iter()
+                    .find(|s| s.spec.name == stream)
+                    .ok_or_else(|| LogError::Stream {
+                        stream: stream.to_owned(),
+                        reason: "no such stream".into(),
+                    })?;
+                let mut backlog: Vec<u64> = Vec::new();
+                let next = match start {
+                    StartAt::Sequence(seq) => seq.max(1),
+                    StartAt::New => s.last_seq + 1,
+                    StartAt::LastPerSubject => {
+                        backlog = s.last_by_subject.values().copied().collect();
+                        backlog.sort_unstable();
+                        s.last_seq + 1
+                    }
+                };
+                Cursor {
+                    log: self.clone(),
+                    stream: stream.to_owned(),
+                    backlog: backlog.into(),
+                    next,
+                    appended: s.appended.subscribe(),
+                }
+            };
+            let deliveries = stream::unfold(cursor, |mut cursor| async move {
+                loop {
+                    cursor.appended.borrow_and_update();
+                    match cursor.take_next() {
+                        Ok(Some(delivered)) => return Some((Ok(delivered), cursor)),
+                        Ok(None) => {}
+                        Err(e) => return Some((Err(e), cursor)),
+                    }
+                    if cursor.appended.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            });
+            let deliveries: Deliveries = Box::pin(deliveries);
+            Ok(deliveries)
+        })
+    }
+
+    fn last_sequence<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<u64, LogError>> {
+        Box::pin(async move {
+            self.lock()
+                .iter()
+                .find(|s| s.spec.name == stream)
+                .map(|s| s.last_seq)
+                .ok_or_else(|| LogError::Stream {
+                    stream: stream.to_owned(),
+                    reason: "no such stream".into(),
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn spec(name: &str, subjects: &str, per_subject: i64) -> StreamSpec {
+        StreamSpec {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            max_msgs_per_subject: per_subject,
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+
+    fn msg(subject: &str, id: &str) -> Outgoing {
+        Outgoing {
+            subject: subject.into(),
+            msg_id: id.into(),
+            payload: Bytes::from(id.to_owned()),
+        }
+    }
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.b", "a.b"));
+    }
+
+    #[tokio::test]
+    async fn messages_are_sequenced_deduplicated_and_delivered_in_order() {
+        let log = MemoryLog::new();
+        log.ensure_stream(spec("E", "e.>", 0)).await.unwrap();
+        assert_eq!(
+            crate::publish_durable(&log, msg("e.a", "1")).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            crate::publish_durable(&log, msg("e.b", "2")).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            crate::publish_durable(&log, msg("e.a", "1")).await.unwrap(),
+            1
+        );
+        let mut sub = log
+            .subscribe("E", StartAt::Sequence(1), None)
+            .await
+            .unwrap();
+        assert_eq!(sub.next().await.unwrap().unwrap().seq, 1);
+        assert_eq!(sub.next().await.unwrap().unwrap().seq, 2);
+        crate::publish_durable(&log, msg("e.c", "3")).await.unwrap();
+        let third = sub.next().await.unwrap().unwrap();
+        assert_eq!((third.seq, third.subject.as_str()), (3, "e.c"));
+        assert!(crate::publish_durable(&log, msg("x.y", "4")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn last_per_subject_delivers_each_subjects_newest_then_follows() {
+        let log = MemoryLog::new();
+        log.ensure_stream(spec("C", "c.>", 1)).await.unwrap();
+        for (subject, id) in [("c.a", "1"), ("c.b", "2"), ("c.a", "3")] {
+            crate::publish_durable(&log, msg(subject, id))
+                .await
+                .unwrap();
+        }
+        let mut sub = log
+            .subscribe("C", StartAt::LastPerSubject, None)
+            .await
+            .unwrap();
+        let first = sub.next().await.unwrap().unwrap();
+        let second = sub.next().await.unwrap().unwrap();
+        assert_eq!((first.seq, second.seq), (2, 3));
+        crate::publish_durable(&log, msg("c.b", "4")).await.unwrap();
+        assert_eq!(sub.next().await.unwrap().unwrap().seq, 4);
+    }
+}

@@ -1,0 +1,238 @@
+//! Harness of the end-to-end tests: starts real `presence` processes (standalone, or an
+//! aggregator and edges against the NATS JetStream at `NATS_URL`), each test in its own
+//! namespace so tests run in parallel on one NATS server, and connects real clients.
+//!
+//! `make test` starts a throwaway `nats-server -js` and sets `NATS_URL`; the binary is
+//! `target/<profile>/presence` next to the test executable, or `PRESENCE_BIN`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use presence_sio_client::{SioClient, SioError};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The JWT secret every test process uses.
+pub const SECRET: &str = "e2e-secret";
+
+/// Short timings so sweeps happen within a test.
+pub const HEARTBEAT_TIMEOUT_MS: u64 = 1_500;
+/// Sweep interval used by the tests.
+pub const SWEEP_INTERVAL_MS: u64 = 250;
+
+/// The `presence` binary under test.
+pub fn presence_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("PRESENCE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target directory")?;
+    let bin = profile_dir.join("presence");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it first (cargo build -p presence) or set PRESENCE_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The NATS server of the test run.
+pub fn nats_url() -> anyhow::Result<String> {
+    std::env::var("NATS_URL")
+        .context("NATS_URL is not set: run the tests with `make test`, which starts nats-server")
+}
+
+/// A fresh namespace: streams and subjects no other test sees.
+pub fn unique_namespace() -> String {
+    // The tail of a UUID v7 is random.
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("t{}", &id[id.len() - 20..])
+}
+
+/// A running `presence` process, killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// `http://addr` of its public listener, if it has one.
+    pub public: Option<String>,
+    /// `http://addr` of its admin listener.
+    pub admin: String,
+}
+
+impl Proc {
+    /// Starts `presence <role>` with `env` and waits for its ready banner.
+    pub async fn start(role: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(presence_bin()?);
+        cmd.arg(role)
+            .env("PRESENCE_HTTP_ADDR", "127.0.0.1:0")
+            .env("PRESENCE_ADMIN_ADDR", "127.0.0.1:0")
+            .env("JWT_SECRET", SECRET)
+            .env(
+                "PRESENCE_HEARTBEAT_TIMEOUT_MS",
+                HEARTBEAT_TIMEOUT_MS.to_string(),
+            )
+            .env("PRESENCE_SWEEP_INTERVAL_MS", SWEEP_INTERVAL_MS.to_string())
+            .env("PRESENCE_BEAT_FLUSH_MS", "100")
+            .env("PRESENCE_EVENTS_MAX_BYTES", (64 * 1024 * 1024).to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting presence {role}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("presence ") && line.contains(" ready: ") {
+                    return Ok(line);
+                }
+            }
+            bail!("presence {role} exited before it was ready")
+        })
+        .await
+        .with_context(|| format!("presence {role} not ready within 20 s"))??;
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let field = |name: &str| {
+            banner
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(|addr| format!("http://{addr}"))
+        };
+        Ok(Self {
+            public: field("public"),
+            admin: field("admin").context("banner without admin address")?,
+            child,
+        })
+    }
+
+    /// The public base URL (panics for roles without one: a test bug).
+    pub fn url(&self) -> &str {
+        self.public
+            .as_deref()
+            .expect("this role has no public listener")
+    }
+
+    /// SIGKILL: the process vanishes without a goodbye.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+}
+
+/// Which deployment a test runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// One `presence standalone` process serving as both "edges".
+    Standalone,
+    /// An aggregator and two edges on NATS JetStream.
+    Cluster,
+}
+
+/// A running deployment with two public entry points ("edge A" and "edge B").
+pub struct Deployment {
+    /// Every process, kept alive for the test.
+    pub procs: Vec<Proc>,
+    /// Public URL of edge A.
+    pub a: String,
+    /// Public URL of edge B (the same process as A in standalone mode).
+    pub b: String,
+}
+
+impl Deployment {
+    /// Starts a deployment in `mode` with extra `env` for every process.
+    pub async fn start(mode: Mode, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        match mode {
+            Mode::Standalone => {
+                let p = Proc::start("standalone", env).await?;
+                let url = p.url().to_owned();
+                Ok(Self {
+                    procs: vec![p],
+                    a: url.clone(),
+                    b: url,
+                })
+            }
+            Mode::Cluster => {
+                let mut env = env.to_vec();
+                env.push(("NATS_URL", nats_url()?));
+                if !env.iter().any(|(k, _)| *k == "PRESENCE_NAMESPACE") {
+                    env.push(("PRESENCE_NAMESPACE", unique_namespace()));
+                }
+                let aggregator = Proc::start("aggregator", &env).await?;
+                let a = Proc::start("edge", &with(&env, "PRESENCE_NODE_ID", "edge-a")).await?;
+                let b = Proc::start("edge", &with(&env, "PRESENCE_NODE_ID", "edge-b")).await?;
+                Ok(Self {
+                    a: a.url().to_owned(),
+                    b: b.url().to_owned(),
+                    procs: vec![aggregator, a, b],
+                })
+            }
+        }
+    }
+}
+
+fn with<'a>(env: &[(&'a str, String)], key: &'a str, value: &str) -> Vec<(&'a str, String)> {
+    let mut env = env.to_vec();
+    env.push((key, value.to_owned()));
+    env
+}
+
+/// A token for `user` of `gender`, valid for an hour.
+pub fn token(user: &str, gender: &str) -> String {
+    let claims = presence_auth::Claims {
+        sub: user.to_owned(),
+        exp: now_secs() + 3600,
+        gender: Some(gender.to_owned()),
+        ..Default::default()
+    };
+    presence_auth::sign_hs256(&claims, SECRET.as_bytes()).expect("signing a test token")
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Connects `user` of `gender` to `url` with a token, heartbeating every second.
+pub async fn connect(url: &str, user: &str, gender: &str) -> Result<SioClient, SioError> {
+    let mut client = SioClient::connect(url, json!({ "token": token(user, gender) })).await?;
+    client.start_heartbeat(Duration::from_millis(500));
+    Ok(client)
+}
+
+/// Waits for a `presence-update` about `user` with `status`.
+pub async fn expect_update(
+    client: &mut SioClient,
+    user: &str,
+    status: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    client
+        .wait_for("presence-update", timeout, |v| {
+            v["userId"] == user && v["status"] == status
+        })
+        .await
+        .with_context(|| format!("no presence-update {user} -> {status} within {timeout:?}"))
+}
