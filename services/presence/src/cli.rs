@@ -20,7 +20,7 @@ use crate::streams::ensure_streams;
 
 /// Real-time presence: who is online, pushed to who may see it.
 #[derive(Debug, Parser)]
-#[command(name = "presence", version, about)]
+#[command(name = "presence", version, about, after_help = SETTINGS)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     role: Role,
@@ -76,6 +76,27 @@ enum Role {
         ttl_secs: u64,
     },
 }
+
+/// Every setting, for `presence --help`; each role's `--help` details its own.
+const SETTINGS: &str = "\
+Settings (env var, or the flag in `presence <role> --help`):
+  PRESENCE_HTTP_ADDR             public listener (edge, standalone)      [127.0.0.1:3000]
+  PRESENCE_ADMIN_ADDR            /metrics, /livez, /readyz               [127.0.0.1:9100]
+  NATS_URL                       JetStream server (edge, aggregator)     [nats://127.0.0.1:4222]
+  PRESENCE_NAMESPACE             prefix of streams and subjects          [presence]
+  PRESENCE_EVENTS_MAX_AGE_HOURS  event stream retention                  [168]
+  PRESENCE_EVENTS_MAX_BYTES      event stream size limit                 [1073741824]
+  JWT_SECRET                     HS256 secret (masked when printed)
+  JWT_ALGORITHM                  HS256 | RS256                           [HS256]
+  JWT_PUBLIC_KEY_FILE            RSA public key (PEM) for RS256
+  PRESENCE_ENV                   development | production                [production]
+  SOCKET_ALLOW_INSECURE_USERID   auth {userId} in development only       [false]
+  PRESENCE_NODE_ID               node name on events                     [<role>-<pid>]
+  PRESENCE_HEARTBEAT_TIMEOUT_MS  silent connections swept after          [15000]
+  PRESENCE_SWEEP_INTERVAL_MS     sweep tick                              [3000]
+  PRESENCE_BEAT_FLUSH_MS         heartbeat batch interval per edge       [1000]
+  PRESENCE_VISIBILITY_RULES      viewer=seen,...;viewer=*                [male=female;female=*;other=*]
+  RUST_LOG                       log filter                              [info]";
 
 /// What a started role reports: its listeners.
 type Listeners = Vec<(&'static str, SocketAddr)>;
