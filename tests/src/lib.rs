@@ -80,7 +80,10 @@ impl Proc {
             .env("PRESENCE_SWEEP_INTERVAL_MS", SWEEP_INTERVAL_MS.to_string())
             .env("PRESENCE_BEAT_FLUSH_MS", "100")
             .env("PRESENCE_EVENTS_MAX_BYTES", (64 * 1024 * 1024).to_string())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -156,6 +159,8 @@ pub struct Deployment {
     pub a: String,
     /// Public URL of edge B (the same process as A in standalone mode).
     pub b: String,
+    /// The environment the aggregator was started with (cluster mode).
+    aggregator_env: Vec<(String, String)>,
 }
 
 impl Deployment {
@@ -169,6 +174,7 @@ impl Deployment {
                     procs: vec![p],
                     a: url.clone(),
                     b: url,
+                    aggregator_env: Vec::new(),
                 })
             }
             Mode::Cluster => {
@@ -184,9 +190,27 @@ impl Deployment {
                     a: a.url().to_owned(),
                     b: b.url().to_owned(),
                     procs: vec![aggregator, a, b],
+                    aggregator_env: env
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
                 })
             }
         }
+    }
+}
+
+impl Deployment {
+    /// Cluster mode: SIGKILLs the aggregator and starts a new one in its place.
+    pub async fn kill_and_restart_aggregator(&mut self) -> anyhow::Result<()> {
+        self.procs[0].kill().await;
+        let env: Vec<(&str, String)> = self
+            .aggregator_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        self.procs[0] = Proc::start("aggregator", &env).await?;
+        Ok(())
     }
 }
 
@@ -235,4 +259,105 @@ pub async fn expect_update(
         })
         .await
         .with_context(|| format!("no presence-update {user} -> {status} within {timeout:?}"))
+}
+
+/// An HTTP response, as read by [`http`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`): enough for tests, with
+/// nothing between the test and the server's bytes.
+pub async fn http(
+    method: &str,
+    url: &str,
+    extra_headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> anyhow::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .context("http:// URL expected")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in extra_headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    if let Some(body) = body {
+        stream.write_all(body).await?;
+    }
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }

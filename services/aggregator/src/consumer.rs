@@ -1,6 +1,6 @@
 //! The fold loop: reads the event log with a durable consumer, applies each event to the
-//! [`PresenceState`], and appends the resulting presence changes to the changes stream
-//! before acknowledging the events they came from.
+//! [`PresenceState`] and the [`ActiveUsers`], and appends the resulting presence changes and
+//! customer metrics to their streams before acknowledging the events they came from.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +11,20 @@ use presence_events::{Event, Subjects};
 use presence_log::{EventLog, Outgoing, StartAt, publish_all_durable};
 use tokio_util::sync::CancellationToken;
 
+use crate::sessions::ActiveUsers;
 use crate::state::PresenceState;
+
+/// Everything the aggregator folds the log into.
+pub(crate) struct Fold {
+    pub(crate) presence: PresenceState,
+    pub(crate) active: ActiveUsers,
+}
 
 const CONSUMER_NAME: &str = "aggregator";
 const BATCH: usize = 512;
 
 pub(crate) async fn fold_events(
-    mut state: PresenceState,
+    mut state: Fold,
     log: Arc<dyn EventLog>,
     subjects: Subjects,
     shutdown: CancellationToken,
@@ -25,10 +32,13 @@ pub(crate) async fn fold_events(
     let stream = subjects.events_stream();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let start = StartAt::Sequence(state.last_seq() + 1);
+        let start = StartAt::Sequence(state.presence.last_seq() + 1);
         match log.subscribe(&stream, start, Some(CONSUMER_NAME)).await {
             Ok(deliveries) => {
-                tracing::info!(from = state.last_seq() + 1, "folding the event stream");
+                tracing::info!(
+                    from = state.presence.last_seq() + 1,
+                    "folding the event stream"
+                );
                 backoff = Duration::from_millis(100);
                 fold_until_interrupted(&mut state, deliveries, log.as_ref(), &subjects, &shutdown)
                     .await;
@@ -47,7 +57,7 @@ pub(crate) async fn fold_events(
 
 /// Folds deliveries until the subscription ends or shutdown.
 async fn fold_until_interrupted(
-    state: &mut PresenceState,
+    state: &mut Fold,
     deliveries: presence_log::Deliveries,
     log: &dyn EventLog,
     subjects: &Subjects,
@@ -77,7 +87,14 @@ async fn fold_until_interrupted(
                 Ok(event) => {
                     metrics::counter!("presence_events_consumed_total", "kind" => event.kind())
                         .increment(1);
-                    for change in state.apply(delivered.seq, &event) {
+                    for metrics in state.active.apply(delivered.seq, &event) {
+                        changes.push(Outgoing {
+                            subject: subjects.metrics(&metrics.tenant),
+                            msg_id: metrics.msg_id(),
+                            payload: Bytes::from(metrics.encode()),
+                        });
+                    }
+                    for change in state.presence.apply(delivered.seq, &event) {
                         metrics::counter!("presence_changes_total", "cause" => change.cause.as_str())
                             .increment(1);
                         changes.push(Outgoing {
@@ -98,7 +115,7 @@ async fn fold_until_interrupted(
                 .set(delivered.pending as f64);
             newest = Some(delivered);
         }
-        record_stats(state);
+        record_stats(&state.presence);
         if !changes.is_empty() && !publish_all_durable(log, &changes, shutdown).await {
             return;
         }

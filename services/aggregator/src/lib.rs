@@ -1,21 +1,24 @@
-//! The aggregator: folds the event log into presence state ([`state`]), sweeps the silent
-//! ([`sweeper`]), and publishes every resulting presence change ([`consumer`]).
+//! The aggregator: folds the event log into presence state ([`state`]) and active-user
+//! metrics ([`sessions`]), appends the clock ticks that sweep the silent and compute the
+//! metrics ([`sweeper`]), and publishes every resulting change ([`consumer`]).
 //!
 //! One aggregator runs per cluster. It knows nothing of the mode it runs in: the binary hands
 //! it an [`EventLog`] (JetStream in a cluster, in-memory in `presence standalone`).
 
 mod consumer;
+pub mod sessions;
 pub mod state;
 mod sweeper;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use presence_events::{NodeId, Subjects};
+use presence_events::{EventBody, NodeId, Subjects};
 use presence_log::EventLog;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use sessions::ActiveUsers;
 pub use state::{PresenceState, Stats};
 
 /// Settings of the aggregator.
@@ -27,6 +30,22 @@ pub struct AggregatorConfig {
     /// How often the sweep runs (ms).
     #[arg(long, env = "PRESENCE_SWEEP_INTERVAL_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub sweep_interval_ms: u64,
+    /// An active-users session with no beat for this long stops counting (ms).
+    #[arg(long, env = "PRESENCE_SESSION_TTL_MS", default_value_t = 180_000)]
+    pub session_ttl_ms: u64,
+    /// How often every customer's count and EMA are computed and pushed (ms).
+    #[arg(long, env = "PRESENCE_METRICS_TICK_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub metrics_tick_ms: u64,
+    /// Weight of the newest count in the EMA.
+    #[arg(long, env = "PRESENCE_EMA_ALPHA", default_value_t = 0.2, value_parser = parse_alpha)]
+    pub ema_alpha: f64,
+}
+
+fn parse_alpha(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(a) if a > 0.0 && a <= 1.0 => Ok(a),
+        _ => Err("alpha must be a number in (0, 1]".into()),
+    }
 }
 
 /// The aggregator role.
@@ -55,18 +74,30 @@ impl Aggregator {
 
     /// Starts folding and sweeping on `tasks`; both stop when `shutdown` is cancelled.
     pub fn start(self, tasks: &TaskTracker, shutdown: CancellationToken) {
-        let state = PresenceState::new(self.config.heartbeat_timeout_ms);
+        let fold = consumer::Fold {
+            presence: PresenceState::new(self.config.heartbeat_timeout_ms),
+            active: ActiveUsers::new(self.config.session_ttl_ms, self.config.ema_alpha),
+        };
         tasks.spawn(consumer::fold_events(
-            state,
+            fold,
             self.log.clone(),
             self.subjects.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(sweeper::publish_ticks(
+            EventBody::Tick,
+            self.log.clone(),
+            self.subjects.clone(),
+            self.node.clone(),
+            Duration::from_millis(self.config.sweep_interval_ms),
+            shutdown.clone(),
+        ));
+        tasks.spawn(sweeper::publish_ticks(
+            EventBody::MetricsTick,
             self.log,
             self.subjects,
             self.node,
-            Duration::from_millis(self.config.sweep_interval_ms),
+            Duration::from_millis(self.config.metrics_tick_ms),
             shutdown,
         ));
     }

@@ -182,6 +182,11 @@ impl PresenceState {
                 self.set_status(&cx, key, class, *conn, *status, details, &mut changes);
             }
             EventBody::Tick => self.sweep_silent_connections(&cx, &mut changes),
+            // Active-user sessions are folded by `sessions::ActiveUsers`.
+            EventBody::SessionJoin { .. }
+            | EventBody::SessionBeat { .. }
+            | EventBody::SessionLeave { .. }
+            | EventBody::MetricsTick => {}
         }
         changes
     }

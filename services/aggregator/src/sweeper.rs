@@ -1,6 +1,6 @@
-//! The sweep clock: every sweep interval the aggregator appends a `tick` event to the log.
-//! The fold sweeps when it reads the tick, at the tick's time, so a replay of the log sweeps
-//! exactly where the live system did.
+//! The aggregator's clocks: every sweep interval it appends a `tick` event, every metrics
+//! interval a `metrics_tick`. The fold sweeps (or computes the metrics) when it reads the
+//! tick, at the tick's time, so a replay of the log does so exactly where the live system did.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +12,14 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn publish_ticks(
+    tick: EventBody,
     log: Arc<dyn EventLog>,
     subjects: Subjects,
     node: NodeId,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let subject = subjects.event("tick");
+    let subject = subjects.event(tick.kind());
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -26,7 +27,7 @@ pub(crate) async fn publish_ticks(
             _ = shutdown.cancelled() => return,
             _ = timer.tick() => {}
         }
-        let event = Event::new(node.clone(), Millis::now(), EventBody::Tick);
+        let event = Event::new(node.clone(), Millis::now(), tick.clone());
         let msg = Outgoing {
             subject: subject.clone(),
             msg_id: event.id.to_string(),
@@ -34,8 +35,8 @@ pub(crate) async fn publish_ticks(
         };
         // A lost tick only delays the sweep to the next one.
         if let Err(e) = publish_durable(log.as_ref(), msg).await {
-            metrics::counter!("presence_sweep_ticks_failed_total").increment(1);
-            tracing::warn!(error = %e, "could not append a sweep tick");
+            metrics::counter!("presence_ticks_failed_total", "kind" => tick.kind()).increment(1);
+            tracing::warn!(error = %e, kind = tick.kind(), "could not append a clock tick");
         }
     }
 }

@@ -1,20 +1,22 @@
 //! Heartbeat batching: clients beat every few seconds, but an edge appends at most one beat
 //! message per flush interval (split only past a size limit), carrying the latest beat of
-//! every connection that beat. Log traffic stays flat however many clients beat.
+//! every connection that beat; likewise one `session_beat` for the active-users tabs that
+//! pinged. Log traffic stays flat however many clients beat.
 //!
-//! A connection that closes is forgotten here before its `leave` is appended, so a pending
-//! beat can never land after the leave and resurrect it.
+//! A connection (or tab) that closes is forgotten here before its leave is appended, so a
+//! pending beat can never land after the leave and resurrect it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use presence_events::{BeatEntry, ConnId, EventBody};
+use presence_events::{BeatEntry, ConnId, EventBody, Millis, SessionBeatEntry};
 use presence_log::publish_all_durable;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::active_protocol::TabRef;
 use crate::publisher::EventPublisher;
 
 /// Most connections in one beat message (keeps messages well under NATS' 1 MiB limit).
@@ -22,7 +24,15 @@ const MAX_BEATS_PER_MESSAGE: usize = 2_000;
 
 enum Command {
     Beat(BeatEntry),
+    TabBeat(TabRef),
     Forget(ConnId, oneshot::Sender<()>),
+    ForgetTab(TabRef, oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct Pending {
+    conns: HashMap<ConnId, BeatEntry>,
+    tabs: HashMap<TabRef, Millis>,
 }
 
 /// Handle to the batching task.
@@ -49,11 +59,24 @@ impl BeatBatcher {
         let _ = self.tx.send(Command::Beat(entry)).await;
     }
 
+    /// Records an active-users ping of a tab (now); it is appended with the next flush.
+    pub(crate) async fn tab_beat(&self, tab: TabRef) {
+        let _ = self.tx.send(Command::TabBeat(tab)).await;
+    }
+
     /// Drops the pending beat of `conn`; returns once any beat of it already being appended
     /// is durable, so a `leave` appended afterwards comes after it in the log.
     pub(crate) async fn forget(&self, conn: ConnId) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::Forget(conn, done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// As [`BeatBatcher::forget`], for an active-users tab.
+    pub(crate) async fn forget_tab(&self, tab: TabRef) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::ForgetTab(tab, done)).await.is_ok() {
             let _ = wait.await;
         }
     }
@@ -65,17 +88,24 @@ async fn batch_beats(
     flush_every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut pending: HashMap<ConnId, BeatEntry> = HashMap::new();
+    let mut pending = Pending::default();
     let mut timer = tokio::time::interval(flush_every);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             command = rx.recv() => match command {
                 Some(Command::Beat(entry)) => {
-                    pending.insert(entry.conn, entry);
+                    pending.conns.insert(entry.conn, entry);
+                }
+                Some(Command::TabBeat(tab)) => {
+                    pending.tabs.insert(tab, Millis::now());
                 }
                 Some(Command::Forget(conn, done)) => {
-                    pending.remove(&conn);
+                    pending.conns.remove(&conn);
+                    let _ = done.send(());
+                }
+                Some(Command::ForgetTab(tab, done)) => {
+                    pending.tabs.remove(&tab);
                     let _ = done.send(());
                 }
                 None => break,
@@ -97,27 +127,40 @@ async fn batch_beats(
     }
 }
 
-async fn flush(
-    pending: &mut HashMap<ConnId, BeatEntry>,
-    publisher: &EventPublisher,
-    shutdown: &CancellationToken,
-) {
-    if pending.is_empty() {
-        return;
-    }
-    let mut beats: Vec<BeatEntry> = pending.drain().map(|(_, entry)| entry).collect();
-    beats.sort_unstable_by_key(|b| b.conn);
-    let messages: Vec<_> = beats
-        .chunks(MAX_BEATS_PER_MESSAGE)
-        .map(|chunk| {
+async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &CancellationToken) {
+    let mut messages = Vec::new();
+    if !pending.conns.is_empty() {
+        let mut beats: Vec<BeatEntry> = pending.conns.drain().map(|(_, entry)| entry).collect();
+        beats.sort_unstable_by_key(|b| b.conn);
+        metrics::histogram!("presence_beat_batch_connections").record(beats.len() as f64);
+        messages.extend(beats.chunks(MAX_BEATS_PER_MESSAGE).map(|chunk| {
             publisher.message(EventBody::Beat {
                 beats: chunk.to_vec(),
             })
-        })
-        .collect();
+        }));
+    }
+    if !pending.tabs.is_empty() {
+        let beats: Vec<SessionBeatEntry> = pending
+            .tabs
+            .drain()
+            .map(|(tab, at)| SessionBeatEntry {
+                tenant: tab.tenant,
+                session: tab.session,
+                tab: tab.tab,
+                at,
+            })
+            .collect();
+        messages.extend(beats.chunks(MAX_BEATS_PER_MESSAGE).map(|chunk| {
+            publisher.message(EventBody::SessionBeat {
+                beats: chunk.to_vec(),
+            })
+        }));
+    }
+    if messages.is_empty() {
+        return;
+    }
     let published = publish_all_durable(publisher.log(), &messages, shutdown).await;
     let outcome = if published { "ok" } else { "abandoned" };
     metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => outcome)
         .increment(messages.len() as u64);
-    metrics::histogram!("presence_beat_batch_connections").record(beats.len() as f64);
 }

@@ -1,11 +1,17 @@
-//! The edge: terminates client connections (Socket.io today) and turns them into events in
-//! the log; reads the presence changes back and fans them out to the sockets allowed to see
-//! them. Edges hold connections only: any edge may take any client, and killing one loses no
+//! The edge: terminates client connections (Socket.io, the active-users WebSocket and its
+//! HTTP fallback) and turns them into events in the log; reads the presence changes and
+//! customer metrics back and pushes them to the sockets allowed to see them. Edges hold connections only: any edge may take any client, and killing one loses no
 //! state.
 
+mod active_http;
+mod active_protocol;
+mod active_users;
+mod active_ws;
 mod beats;
 mod fanout;
+mod metrics_hub;
 mod publisher;
+mod rate_limit;
 mod socket;
 mod view;
 pub mod visibility;
@@ -29,8 +35,12 @@ use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::active_users::ActiveUsersContext;
 use crate::beats::BeatBatcher;
+use crate::metrics_hub::MetricsHub;
 use crate::publisher::EventPublisher;
+pub use crate::rate_limit::RateLimitConfig;
+use crate::rate_limit::RateLimits;
 use crate::socket::{Authenticator, LocalConnections, SocketContext};
 use crate::view::PresenceView;
 use crate::visibility::VisibilityPolicy;
@@ -70,6 +80,12 @@ pub struct EdgeConfig {
     /// Visibility rules: `viewer=seen,seen;viewer=*`.
     #[arg(long, env = "PRESENCE_VISIBILITY_RULES", default_value = visibility::DEFAULT_RULES, value_parser = VisibilityPolicy::parse)]
     pub visibility_rules: VisibilityPolicy,
+    /// Time an active-users WebSocket has to send `auth` before it is closed (ms).
+    #[arg(long, env = "PRESENCE_WS_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ws_auth_timeout_ms: u64,
+    /// Rate limits of the active-users endpoints.
+    #[command(flatten)]
+    pub rate_limits: RateLimitConfig,
 }
 
 /// Why an edge could not start.
@@ -180,6 +196,20 @@ impl Edge {
             tasks,
             beats_shutdown.clone(),
         );
+        let hub = Arc::new(MetricsHub::default());
+        tasks.spawn(
+            hub.clone()
+                .follow(self.log.clone(), self.subjects.clone(), shutdown.clone()),
+        );
+        let active = Arc::new(ActiveUsersContext {
+            publisher: publisher.clone(),
+            beats: beats.clone(),
+            hub,
+            limits: RateLimits::new(&self.config.rate_limits),
+            auth_timeout: Duration::from_millis(self.config.ws_auth_timeout_ms),
+            shutdown: shutdown.clone(),
+        });
+        tasks.spawn(forget_idle_rate_limits(active.clone(), shutdown.clone()));
         let view = Arc::new(PresenceView::default());
         let local = Arc::new(LocalConnections::default());
         let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
@@ -212,6 +242,7 @@ impl Edge {
         let app = Router::new()
             .route("/api/health", get(health))
             .with_state(HttpState { view, local })
+            .merge(active_users::routes(active))
             .layer(layer);
         let listener = tokio::net::TcpListener::bind(&self.config.http_addr)
             .await
@@ -225,18 +256,32 @@ impl Edge {
         })?;
         tasks.spawn(async move {
             let stop = shutdown.clone();
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    stop.cancelled().await;
-                    io.close().await;
-                })
-                .await;
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                io.close().await;
+            })
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "public listener failed");
             }
             beats_shutdown.cancel();
         });
         Ok(local_addr)
+    }
+}
+
+/// Keeps the rate limiters' memory bounded: keys idle for a full window are dropped.
+async fn forget_idle_rate_limits(active: Arc<ActiveUsersContext>, shutdown: CancellationToken) {
+    let mut timer = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => active.limits.forget_idle(),
+        }
     }
 }
 

@@ -117,6 +117,8 @@ enum HandshakeError {
         "auth {{ userId }} is only accepted in development with SOCKET_ALLOW_INSECURE_USERID=true: send auth {{ token: \"<JWT>\" }}"
     )]
     InsecureDisabled,
+    #[error("presence is unavailable right now; retry shortly")]
+    Unavailable,
 }
 
 impl HandshakeError {
@@ -128,6 +130,7 @@ impl HandshakeError {
             HandshakeError::BadPayload => "bad_payload",
             HandshakeError::NoVerifier => "no_verifier",
             HandshakeError::InsecureDisabled => "insecure_disabled",
+            HandshakeError::Unavailable => "unavailable",
         }
     }
 }
@@ -176,12 +179,17 @@ impl Ack {
 }
 
 /// Installs the handlers of the default namespace.
+///
+/// Everything happens in the connect middleware, before the client is told it is connected:
+/// socketioxide sends the CONNECT packet before it runs the connect handler, so a client may
+/// emit before that handler would have registered anything. Here its events, its room and its
+/// `join` (durable in the log) are all in place first; if the join cannot be appended the
+/// client gets a `connect_error` saying so and can retry.
 pub(crate) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
-    let auth_cx = cx.clone();
-    let authenticate = move |s: SocketRef, TryData(auth): TryData<HandshakeAuth>| {
-        let cx = auth_cx.clone();
+    let admit = move |s: SocketRef, TryData(auth): TryData<HandshakeAuth>| {
+        let cx = cx.clone();
         async move {
-            let result = cx.authenticate(&s, auth.ok());
+            let result = cx.admit(&s, auth.ok()).await;
             if let Err(e) = &result {
                 metrics::counter!("presence_handshakes_rejected_total", "reason" => e.reason())
                     .increment(1);
@@ -189,52 +197,40 @@ pub(crate) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
             result
         }
     };
-    let on_connect = move |s: SocketRef| {
-        let cx = cx.clone();
-        async move { cx.on_connect(s).await }
-    };
-    io.ns("/", on_connect.with(authenticate));
+    io.ns("/", (async || {}).with(admit));
 }
 
 impl SocketContext {
-    fn authenticate(
-        &self,
-        s: &SocketRef,
-        auth: Option<HandshakeAuth>,
-    ) -> Result<(), HandshakeError> {
+    fn authenticate(&self, auth: Option<HandshakeAuth>) -> Result<Identity, HandshakeError> {
         let auth = auth.ok_or(HandshakeError::BadPayload)?;
-        let identity = match (auth.token, auth.user_id) {
-            (Some(token), _) => self
+        match (auth.token, auth.user_id) {
+            (Some(token), _) => Ok(self
                 .auth
                 .verifier
                 .as_ref()
                 .ok_or(HandshakeError::NoVerifier)?
-                .verify(&token)?,
-            (None, Some(user)) if self.auth.insecure => {
-                Identity::from_claims(&user, auth.gender.as_deref(), auth.tenant.as_deref())?
-            }
-            (None, Some(_)) => return Err(HandshakeError::InsecureDisabled),
-            (None, None) => return Err(AuthError::Missing.into()),
-        };
-        s.extensions.insert(Session {
-            identity: Arc::new(identity),
-            conn: ConnId::new(),
-        });
-        Ok(())
+                .verify(&token)?),
+            (None, Some(user)) if self.auth.insecure => Ok(Identity::from_claims(
+                &user,
+                auth.gender.as_deref(),
+                auth.tenant.as_deref(),
+            )?),
+            (None, Some(_)) => Err(HandshakeError::InsecureDisabled),
+            (None, None) => Err(AuthError::Missing.into()),
+        }
     }
 
-    async fn on_connect(self: Arc<Self>, s: SocketRef) {
-        let Some(session) = s.extensions.get::<Session>() else {
-            let _ = s.disconnect();
-            return;
+    async fn admit(
+        self: Arc<Self>,
+        s: &SocketRef,
+        auth: Option<HandshakeAuth>,
+    ) -> Result<(), HandshakeError> {
+        let identity = self.authenticate(auth)?;
+        let session = Session {
+            identity: Arc::new(identity),
+            conn: ConnId::new(),
         };
         let id = &session.identity;
-        s.join(viewer_room(&id.tenant, &id.class));
-        // Handlers first, before any await, so no early client event is missed.
-        self.install_handlers(&s, &session);
-        self.local.opened(session.key());
-        metrics::counter!("presence_connections_opened_total", "transport" => "socketio")
-            .increment(1);
         let join = EventBody::Join {
             tenant: id.tenant.clone(),
             user: id.user.clone(),
@@ -242,13 +238,15 @@ impl SocketContext {
             class: id.class.clone(),
         };
         if let Err(e) = self.publisher.publish(join).await {
-            tracing::warn!(error = %e, "could not append a join; closing the socket");
-            let _ = s.emit(
-                "error",
-                &serde_json::json!({"message": "presence is unavailable right now; reconnect later"}),
-            );
-            let _ = s.disconnect();
+            tracing::warn!(error = %e, "could not append a join; refusing the connection");
+            return Err(HandshakeError::Unavailable);
         }
+        s.join(viewer_room(&id.tenant, &id.class));
+        self.install_handlers(s, &session);
+        self.local.opened(session.key());
+        metrics::counter!("presence_connections_opened_total", "transport" => "socketio")
+            .increment(1);
+        Ok(())
     }
 
     fn install_handlers(self: &Arc<Self>, s: &SocketRef, session: &Session) {

@@ -96,6 +96,13 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_SWEEP_INTERVAL_MS     sweep tick                              [3000]
   PRESENCE_BEAT_FLUSH_MS         heartbeat batch interval per edge       [1000]
   PRESENCE_VISIBILITY_RULES      viewer=seen,...;viewer=*                [male=female;female=*;other=*]
+  PRESENCE_SESSION_TTL_MS        active-users session TTL                [180000]
+  PRESENCE_METRICS_TICK_MS       active-users count + EMA tick           [5000]
+  PRESENCE_EMA_ALPHA             EMA weight of the newest count          [0.2]
+  PRESENCE_WS_AUTH_TIMEOUT_MS    /ws/active-users auth deadline          [10000]
+  PRESENCE_RATE_LIMIT_IP_PER_MIN         per client IP                   [100]
+  PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN   per customer                    [5000]
+  PRESENCE_TRUSTED_PROXIES       proxies trusted for X-Forwarded-For
   RUST_LOG                       log filter                              [info]";
 
 /// What a started role reports: its listeners.

@@ -6,7 +6,7 @@ use presence_config::LogArgs;
 use presence_events::Subjects;
 use presence_log::{EventLog, LogError, StreamSpec};
 
-/// Creates (or updates) the events and changes streams.
+/// Creates (or updates) the events, changes and metrics streams.
 pub(crate) async fn ensure_streams(
     log: &dyn EventLog,
     subjects: &Subjects,
@@ -21,14 +21,21 @@ pub(crate) async fn ensure_streams(
         duplicate_window: Duration::from_secs(120),
     })
     .await?;
-    // One message per user: the stream is both the feed of changes and everyone's current presence.
-    log.ensure_stream(StreamSpec {
-        name: subjects.changes_stream(),
-        subjects: vec![subjects.changes_wildcard()],
-        max_msgs_per_subject: 1,
-        max_age: Duration::ZERO,
-        max_bytes: 0,
-        duplicate_window: Duration::from_secs(120),
-    })
-    .await
+    // One message per user (per customer): each stream is both a feed of updates and
+    // everyone's current value.
+    for (name, subject) in [
+        (subjects.changes_stream(), subjects.changes_wildcard()),
+        (subjects.metrics_stream(), subjects.metrics_wildcard()),
+    ] {
+        log.ensure_stream(StreamSpec {
+            name,
+            subjects: vec![subject],
+            max_msgs_per_subject: 1,
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+            duplicate_window: Duration::from_secs(120),
+        })
+        .await?;
+    }
+    Ok(())
 }

@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{ConnId, Details, Millis, NodeId, SetStatus, TenantId, UserId, ViewerClass};
+use crate::{
+    ConnId, Details, Millis, NodeId, SessionId, SetStatus, TabId, TenantId, UserId, ViewerClass,
+};
 
 /// The version of the event schema this build writes. Readers accept this and older.
 pub const SCHEMA_VERSION: u16 = 1;
@@ -79,6 +81,61 @@ pub enum EventBody {
     /// The aggregator's clock: connections silent for the heartbeat timeout as of `at` are swept.
     /// Written to the log so that a replay sweeps at exactly the same points.
     Tick,
+    /// An active-users tab opened (WebSocket auth or `POST /presence/join`).
+    SessionJoin {
+        /// The customer.
+        tenant: TenantId,
+        /// The browser session (shared by its tabs).
+        session: SessionId,
+        /// The tab.
+        tab: TabId,
+        /// How it came in.
+        transport: Transport,
+        /// Client platform, as reported (at most 64 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
+    },
+    /// Active-users tabs that beat (WebSocket pings batched per edge, or one `POST /presence/beat`).
+    SessionBeat {
+        /// One entry per tab, with the time of its latest beat.
+        beats: Vec<SessionBeatEntry>,
+    },
+    /// An active-users tab closed.
+    SessionLeave {
+        /// The customer.
+        tenant: TenantId,
+        /// The browser session.
+        session: SessionId,
+        /// The tab.
+        tab: TabId,
+    },
+    /// The aggregator's metrics clock: every customer's count and EMA are computed as of `at`.
+    MetricsTick,
+}
+
+/// One tab's beat inside a batched [`EventBody::SessionBeat`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionBeatEntry {
+    /// The customer.
+    #[serde(rename = "t")]
+    pub tenant: TenantId,
+    /// The browser session.
+    #[serde(rename = "s")]
+    pub session: SessionId,
+    /// The tab.
+    pub tab: TabId,
+    /// Time of the tab's latest beat.
+    pub at: Millis,
+}
+
+/// The transport an active-users tab came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// `GET /ws/active-users`.
+    Websocket,
+    /// `POST /presence/*`.
+    Http,
 }
 
 /// One connection's heartbeat inside a batched [`EventBody::Beat`]. Short field names:
@@ -166,6 +223,10 @@ impl EventBody {
             EventBody::Leave { .. } => "leave",
             EventBody::Status { .. } => "status",
             EventBody::Tick => "tick",
+            EventBody::SessionJoin { .. } => "session_join",
+            EventBody::SessionBeat { .. } => "session_beat",
+            EventBody::SessionLeave { .. } => "session_leave",
+            EventBody::MetricsTick => "metrics_tick",
         }
     }
 }

@@ -137,6 +137,21 @@ string_id!(
     32
 );
 
+string_id!(
+    /// One browser (`sessionId`), shared by its tabs: active-user counts count these.
+    SessionId,
+    "sessionId",
+    check_token,
+    128
+);
+string_id!(
+    /// One tab (`tabId`) of a browser session.
+    TabId,
+    "tabId",
+    check_token,
+    128
+);
+
 impl TenantId {
     /// The tenant of the social app, used when a token names none.
     pub fn default_tenant() -> Self {

@@ -9,13 +9,18 @@
 mod change;
 mod event;
 mod ids;
+mod metrics;
 mod status;
 mod subjects;
 mod time;
 
 pub use change::{Cause, PresenceChange};
-pub use event::{BeatEntry, DecodeError, Event, EventBody, LeaveReason, SCHEMA_VERSION};
-pub use ids::{ConnId, IdError, NodeId, TenantId, UserId, UserKey, ViewerClass};
+pub use event::{
+    BeatEntry, DecodeError, Event, EventBody, LeaveReason, SCHEMA_VERSION, SessionBeatEntry,
+    Transport,
+};
+pub use ids::{ConnId, IdError, NodeId, SessionId, TabId, TenantId, UserId, UserKey, ViewerClass};
+pub use metrics::TenantMetrics;
 pub use status::{Details, DetailsError, SetStatus, Status, StatusError};
 pub use subjects::{Subjects, hex_token};
 pub use time::{Millis, format_rfc3339};

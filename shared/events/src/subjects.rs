@@ -37,6 +37,21 @@ impl Subjects {
         format!("{}.events.{kind}", self.namespace)
     }
 
+    /// Name of the stream of per-customer active-user metrics (`PRESENCE_METRICS`).
+    pub fn metrics_stream(&self) -> String {
+        format!("{}_METRICS", self.namespace.to_ascii_uppercase())
+    }
+
+    /// All metrics subjects (`presence.metrics.>`).
+    pub fn metrics_wildcard(&self) -> String {
+        format!("{}.metrics.>", self.namespace)
+    }
+
+    /// The subject of one customer's metrics (`presence.metrics.<tenant>`); the stream keeps the last.
+    pub fn metrics(&self, tenant: &TenantId) -> String {
+        format!("{}.metrics.{tenant}", self.namespace)
+    }
+
     /// All change subjects (`presence.changes.>`).
     pub fn changes_wildcard(&self) -> String {
         format!("{}.changes.>", self.namespace)

@@ -1,0 +1,332 @@
+//! Active users: a pure fold of the session events into each customer's live count and its
+//! exponential moving average, computed once in the cluster on every metrics tick.
+//!
+//! A customer's count is the number of distinct live sessions (browsers): all tabs of one
+//! session count once, whichever edge and transport they came through. A tab lives from its
+//! join until its leave or until it has not beaten for the session TTL; a session lives while
+//! one of its tabs does. On each tick `ema = alpha * count + (1 - alpha) * ema`, the first
+//! tick's EMA being the count. Ticks are events in the log, so a replay (or a restarted
+//! aggregator) continues the very same curve.
+
+use std::collections::{BTreeMap, HashMap};
+
+use presence_events::{
+    Event, EventBody, Millis, SCHEMA_VERSION, SessionBeatEntry, SessionId, TabId, TenantId,
+    TenantMetrics,
+};
+use serde::{Deserialize, Serialize};
+
+/// A customer is forgotten once nobody is on its site and its EMA has decayed below this.
+const FORGET_BELOW: f64 = 0.005;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Customer {
+    /// Session -> tab -> time of the tab's latest sign of life.
+    sessions: HashMap<SessionId, HashMap<TabId, Millis>>,
+    ema: Option<f64>,
+}
+
+/// Every customer's live sessions and EMA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveUsers {
+    session_ttl_ms: u64,
+    alpha: f64,
+    /// Ordered, so a tick reports customers in the same order in every replay.
+    customers: BTreeMap<TenantId, Customer>,
+    last_seq: u64,
+}
+
+impl ActiveUsers {
+    /// No sessions yet; tabs expire after `session_ttl_ms` without a beat; EMA weight `alpha`.
+    pub fn new(session_ttl_ms: u64, alpha: f64) -> Self {
+        Self {
+            session_ttl_ms,
+            alpha,
+            customers: BTreeMap::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// Folds in the event at log sequence `seq`; a metrics tick returns every customer's
+    /// metrics. Redelivered events (at or below the last sequence) change nothing.
+    pub fn apply(&mut self, seq: u64, event: &Event) -> Vec<TenantMetrics> {
+        if seq <= self.last_seq {
+            return Vec::new();
+        }
+        self.last_seq = seq;
+        match &event.body {
+            EventBody::SessionJoin {
+                tenant,
+                session,
+                tab,
+                ..
+            } => self.touch(tenant, session, tab, event.at),
+            EventBody::SessionBeat { beats } => {
+                for SessionBeatEntry {
+                    tenant,
+                    session,
+                    tab,
+                    at,
+                } in beats
+                {
+                    self.touch(tenant, session, tab, *at);
+                }
+            }
+            EventBody::SessionLeave {
+                tenant,
+                session,
+                tab,
+            } => self.close(tenant, session, tab),
+            EventBody::MetricsTick => return self.tick(seq, event.at),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// The customer's live session count as of the last tick's bookkeeping (tests, health).
+    pub fn sessions(&self, tenant: &TenantId) -> usize {
+        self.customers.get(tenant).map_or(0, |c| c.sessions.len())
+    }
+
+    fn touch(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId, at: Millis) {
+        let tabs = self
+            .customers
+            .entry(tenant.clone())
+            .or_default()
+            .sessions
+            .entry(session.clone())
+            .or_default();
+        let seen = tabs.entry(tab.clone()).or_insert(at);
+        *seen = (*seen).max(at);
+    }
+
+    fn close(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId) {
+        let Some(customer) = self.customers.get_mut(tenant) else {
+            return;
+        };
+        if let Some(tabs) = customer.sessions.get_mut(session) {
+            tabs.remove(tab);
+            if tabs.is_empty() {
+                customer.sessions.remove(session);
+            }
+        }
+    }
+
+    fn tick(&mut self, seq: u64, now: Millis) -> Vec<TenantMetrics> {
+        let ttl = self.session_ttl_ms;
+        let alpha = self.alpha;
+        let mut out = Vec::with_capacity(self.customers.len());
+        self.customers.retain(|tenant, customer| {
+            customer.sessions.retain(|_, tabs| {
+                tabs.retain(|_, seen| now.since(*seen) < ttl);
+                !tabs.is_empty()
+            });
+            let count = customer.sessions.len() as u64;
+            let mut ema = match customer.ema {
+                None => count as f64,
+                Some(previous) => alpha * count as f64 + (1.0 - alpha) * previous,
+            };
+            let forget = count == 0 && ema < FORGET_BELOW;
+            if forget {
+                ema = 0.0;
+            }
+            customer.ema = Some(ema);
+            out.push(TenantMetrics {
+                v: SCHEMA_VERSION,
+                tenant: tenant.clone(),
+                at: now,
+                count,
+                ema,
+                seq,
+            });
+            !forget
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use presence_events::{NodeId, Transport};
+
+    use super::*;
+
+    const TTL: u64 = 180_000;
+
+    struct Script {
+        state: ActiveUsers,
+        seq: u64,
+    }
+
+    impl Script {
+        fn new() -> Self {
+            Self {
+                state: ActiveUsers::new(TTL, 0.2),
+                seq: 0,
+            }
+        }
+
+        fn apply(&mut self, at: u64, body: EventBody) -> Vec<TenantMetrics> {
+            self.seq += 1;
+            let event = Event::new(NodeId::parse("edge").unwrap(), Millis(at), body);
+            self.state.apply(self.seq, &event)
+        }
+
+        fn tick(&mut self, at: u64) -> Vec<(String, u64, f64)> {
+            self.apply(at, EventBody::MetricsTick)
+                .into_iter()
+                .map(|m| (m.tenant.to_string(), m.count, m.ema))
+                .collect()
+        }
+    }
+
+    fn shop(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
+    fn join(tenant: &str, session: &str, tab: &str) -> EventBody {
+        EventBody::SessionJoin {
+            tenant: shop(tenant),
+            session: SessionId::parse(session).unwrap(),
+            tab: TabId::parse(tab).unwrap(),
+            transport: Transport::Websocket,
+            platform: None,
+        }
+    }
+
+    fn leave(tenant: &str, session: &str, tab: &str) -> EventBody {
+        EventBody::SessionLeave {
+            tenant: shop(tenant),
+            session: SessionId::parse(session).unwrap(),
+            tab: TabId::parse(tab).unwrap(),
+        }
+    }
+
+    fn beat(tenant: &str, session: &str, tab: &str, at: u64) -> EventBody {
+        EventBody::SessionBeat {
+            beats: vec![SessionBeatEntry {
+                tenant: shop(tenant),
+                session: SessionId::parse(session).unwrap(),
+                tab: TabId::parse(tab).unwrap(),
+                at: Millis(at),
+            }],
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn the_ema_follows_its_formula_exactly_from_the_first_tick() {
+        let mut s = Script::new();
+        for i in 0..10 {
+            s.apply(0, join("shop", &format!("s{i}"), "t"));
+        }
+        assert_eq!(s.tick(5_000), [("shop".into(), 10, 10.0)]);
+        for i in 10..20 {
+            s.apply(6_000, join("shop", &format!("s{i}"), "t"));
+        }
+        let second = s.tick(10_000);
+        assert_eq!(second[0].1, 20);
+        assert!(close(second[0].2, 12.0), "{second:?}");
+        for i in 0..20 {
+            s.apply(11_000, leave("shop", &format!("s{i}"), "t"));
+        }
+        let third = s.tick(15_000);
+        assert_eq!(third[0].1, 0);
+        assert!(close(third[0].2, 9.6), "{third:?}");
+    }
+
+    #[test]
+    fn all_tabs_of_one_session_count_once() {
+        let mut s = Script::new();
+        for tab in ["t1", "t2", "t3"] {
+            s.apply(0, join("shop", "browser-1", tab));
+        }
+        s.apply(0, join("shop", "browser-2", "t1"));
+        assert_eq!(s.tick(1_000)[0].1, 2);
+        // Closing two of three tabs keeps the session.
+        s.apply(2_000, leave("shop", "browser-1", "t1"));
+        s.apply(2_000, leave("shop", "browser-1", "t2"));
+        assert_eq!(s.tick(3_000)[0].1, 2);
+        s.apply(4_000, leave("shop", "browser-1", "t3"));
+        assert_eq!(s.tick(5_000)[0].1, 1);
+    }
+
+    #[test]
+    fn a_session_expires_after_the_ttl_without_a_beat() {
+        let mut s = Script::new();
+        s.apply(0, join("shop", "quiet", "t"));
+        s.apply(0, join("shop", "busy", "t"));
+        s.apply(100_000, beat("shop", "busy", "t", 100_000));
+        assert_eq!(s.tick(179_999)[0].1, 2);
+        assert_eq!(
+            s.tick(180_000)[0].1,
+            1,
+            "the quiet session should have expired"
+        );
+        assert_eq!(s.tick(279_999)[0].1, 1);
+        assert_eq!(s.tick(280_000)[0].1, 0);
+    }
+
+    #[test]
+    fn customers_are_counted_apart() {
+        let mut s = Script::new();
+        s.apply(0, join("a", "x", "t"));
+        s.apply(0, join("b", "x", "t"));
+        s.apply(0, join("b", "y", "t"));
+        assert_eq!(s.tick(1), [("a".into(), 1, 1.0), ("b".into(), 2, 2.0)]);
+    }
+
+    #[test]
+    fn an_idle_customer_decays_to_zero_and_is_then_forgotten() {
+        let mut s = Script::new();
+        s.apply(0, join("shop", "x", "t"));
+        assert_eq!(s.tick(1), [("shop".into(), 1, 1.0)]);
+        s.apply(2, leave("shop", "x", "t"));
+        // 0.8^n falls below 0.005 at the 24th tick, which reports a final 0.
+        let mut last = Vec::new();
+        for ticks in 1..=24 {
+            last = s.tick(10 + ticks);
+            assert_eq!(last.len(), 1, "forgotten too early, at tick {ticks}");
+        }
+        assert_eq!(last, [("shop".into(), 0, 0.0)]);
+        assert!(s.tick(100).is_empty());
+    }
+
+    #[test]
+    fn a_restarted_fold_continues_the_same_curve() {
+        // Folding the log again from the start (what a restarted aggregator does) gives the
+        // same EMA values, so the curve continues instead of restarting at zero.
+        let mut events = Vec::new();
+        for i in 0..30u64 {
+            events.push(Event::new(
+                NodeId::parse("e").unwrap(),
+                Millis(i * 1_000),
+                join("shop", &format!("s{}", i % 7), &format!("t{}", i % 3)),
+            ));
+            if i % 5 == 4 {
+                events.push(Event::new(
+                    NodeId::parse("agg").unwrap(),
+                    Millis(i * 1_000 + 1),
+                    EventBody::MetricsTick,
+                ));
+            }
+        }
+        let fold = |events: &[Event]| {
+            let mut state = ActiveUsers::new(TTL, 0.2);
+            let out: Vec<TenantMetrics> = events
+                .iter()
+                .enumerate()
+                .flat_map(|(i, e)| state.apply(i as u64 + 1, e))
+                .collect();
+            (state, out)
+        };
+        let (live, live_out) = fold(&events);
+        let (replayed, replayed_out) = fold(&events);
+        assert_eq!(live, replayed);
+        assert_eq!(live_out, replayed_out);
+        assert!(live_out.last().unwrap().ema > 0.0);
+    }
+}

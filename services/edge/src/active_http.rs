@@ -1,0 +1,237 @@
+//! The active-users HTTP fallback: `POST /presence/{join,beat,leave}` (answered
+//! `{"success": true}` once the event is durably in the log) and `GET /metrics?customerId=`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use presence_events::{EventBody, Millis, SessionBeatEntry, TenantId, Transport};
+use serde::Serialize;
+
+use crate::active_protocol::{InputError, MetricsData, TabRequest, parse_tab_request};
+use crate::active_users::ActiveUsersContext;
+use crate::rate_limit::{RateInfo, Verdict, rate_headers, too_many_requests};
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Join,
+    Beat,
+    Leave,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Join => "join",
+            Action::Beat => "beat",
+            Action::Leave => "leave",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Success {
+    success: bool,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
+fn refuse(endpoint: &'static str, e: &InputError, info: Option<RateInfo>) -> Response {
+    metrics::counter!("presence_http_rejected_total", "endpoint" => endpoint, "reason" => e.code)
+        .increment(1);
+    let (status, error) = if e.code == "too_large" {
+        (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+    } else {
+        (StatusCode::BAD_REQUEST, "Bad Request")
+    };
+    let body = Json(ErrorBody {
+        error,
+        code: e.code,
+        message: &e.message,
+        field: e.field,
+    });
+    match info {
+        Some(info) => (status, rate_headers(info), body).into_response(),
+        None => (status, body).into_response(),
+    }
+}
+
+/// `POST /presence/join`.
+pub(crate) async fn join(
+    State(cx): State<Arc<ActiveUsersContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(&cx, Action::Join, peer, &headers, body).await
+}
+
+/// `POST /presence/beat`.
+pub(crate) async fn beat(
+    State(cx): State<Arc<ActiveUsersContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(&cx, Action::Beat, peer, &headers, body).await
+}
+
+/// `POST /presence/leave`.
+pub(crate) async fn leave(
+    State(cx): State<Arc<ActiveUsersContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(&cx, Action::Leave, peer, &headers, body).await
+}
+
+async fn handle(
+    cx: &ActiveUsersContext,
+    action: Action,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let endpoint = action.name();
+    let ip = cx.limits.client_ip(peer, headers);
+    let parsed = match body {
+        Ok(bytes) => parse_tab_request(&bytes),
+        Err(rejection) => Err(InputError::general(
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "invalid_body"
+            },
+            rejection.body_text(),
+        )),
+    };
+    let request = match parsed {
+        Ok(request) => request,
+        Err(e) => {
+            // Garbage counts against the sender's budget too.
+            return match cx.limits.check(ip, None) {
+                Verdict::Allowed(info) => refuse(endpoint, &e, Some(info)),
+                Verdict::Blocked {
+                    by,
+                    info,
+                    retry_after_secs,
+                } => too_many_requests(by, info, retry_after_secs),
+            };
+        }
+    };
+    let info = match cx.limits.check(ip, Some(&request.tab.tenant)) {
+        Verdict::Allowed(info) => info,
+        Verdict::Blocked {
+            by,
+            info,
+            retry_after_secs,
+        } => return too_many_requests(by, info, retry_after_secs),
+    };
+    match cx.publisher.publish(event_of(action, request)).await {
+        Ok(_) => (
+            StatusCode::OK,
+            rate_headers(info),
+            Json(Success { success: true }),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, endpoint, "could not append an active-users event");
+            let body = Json(ErrorBody {
+                error: "Service Unavailable",
+                code: "unavailable",
+                message: "the event could not be stored; retry",
+                field: None,
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, rate_headers(info), body).into_response()
+        }
+    }
+}
+
+fn event_of(action: Action, request: TabRequest) -> EventBody {
+    let TabRequest { tab, platform } = request;
+    match action {
+        Action::Join => EventBody::SessionJoin {
+            tenant: tab.tenant,
+            session: tab.session,
+            tab: tab.tab,
+            transport: Transport::Http,
+            platform,
+        },
+        Action::Beat => EventBody::SessionBeat {
+            beats: vec![SessionBeatEntry {
+                tenant: tab.tenant,
+                session: tab.session,
+                tab: tab.tab,
+                at: Millis::now(),
+            }],
+        },
+        Action::Leave => EventBody::SessionLeave {
+            tenant: tab.tenant,
+            session: tab.session,
+            tab: tab.tab,
+        },
+    }
+}
+
+/// `GET /metrics?customerId=`: the customer's latest count and EMA.
+pub(crate) async fn metrics(
+    State(cx): State<Arc<ActiveUsersContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let ip = cx.limits.client_ip(peer, &headers);
+    let customer = match query.get("customerId").map(String::as_str) {
+        None | Some("") => Err(InputError {
+            code: "missing_field",
+            field: Some("customerId"),
+            message: "customerId query parameter is required".into(),
+        }),
+        Some(raw) => TenantId::parse(raw).map_err(|e| InputError {
+            code: "invalid_field",
+            field: Some("customerId"),
+            message: e.to_string(),
+        }),
+    };
+    let customer = match customer {
+        Ok(c) => c,
+        Err(e) => {
+            return match cx.limits.check(ip, None) {
+                Verdict::Allowed(info) => refuse("metrics", &e, Some(info)),
+                Verdict::Blocked {
+                    by,
+                    info,
+                    retry_after_secs,
+                } => too_many_requests(by, info, retry_after_secs),
+            };
+        }
+    };
+    match cx.limits.check(ip, Some(&customer)) {
+        Verdict::Allowed(info) => {
+            let data = cx
+                .hub
+                .latest(&customer)
+                .unwrap_or_else(|| MetricsData::empty(customer, Millis::now()));
+            (StatusCode::OK, rate_headers(info), Json(data)).into_response()
+        }
+        Verdict::Blocked {
+            by,
+            info,
+            retry_after_secs,
+        } => too_many_requests(by, info, retry_after_secs),
+    }
+}

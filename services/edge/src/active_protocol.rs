@@ -1,0 +1,351 @@
+//! The active-users protocol, parsed on bytes alone: the JSON bodies of
+//! `POST /presence/{join,beat,leave}`, the client messages of `/ws/active-users`, and the
+//! server messages. Every refusal names the field and says what was expected.
+
+use presence_events::{Millis, SessionId, TabId, TenantId, TenantMetrics};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Largest accepted WebSocket frame or HTTP body, in bytes.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// One tab of one browser session of one customer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TabRef {
+    pub(crate) tenant: TenantId,
+    pub(crate) session: SessionId,
+    pub(crate) tab: TabId,
+}
+
+/// A join / beat / leave request (HTTP) or an `auth` message (WebSocket).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TabRequest {
+    pub(crate) tab: TabRef,
+    pub(crate) platform: Option<String>,
+}
+
+/// A message from an active-users WebSocket client.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ClientMessage {
+    Auth(TabRequest),
+    Ping,
+}
+
+/// Why input was refused: a stable `code`, the offending `field` if any, and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InputError {
+    pub(crate) code: &'static str,
+    pub(crate) field: Option<&'static str>,
+    pub(crate) message: String,
+}
+
+impl InputError {
+    fn field(code: &'static str, field: &'static str, message: String) -> Self {
+        Self {
+            code,
+            field: Some(field),
+            message,
+        }
+    }
+
+    pub(crate) fn general(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            field: None,
+            message: message.into(),
+        }
+    }
+}
+
+fn object(bytes: &[u8]) -> Result<Map<String, Value>, InputError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(InputError::general(
+            "too_large",
+            format!(
+                "message is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(InputError::general(
+            "invalid_json",
+            "expected a JSON object",
+        )),
+        Err(e) => Err(InputError::general(
+            "invalid_json",
+            format!("not valid JSON: {e}"),
+        )),
+    }
+}
+
+fn required_id<T>(
+    map: &Map<String, Value>,
+    field: &'static str,
+    parse: impl FnOnce(String) -> Result<T, presence_events::IdError>,
+) -> Result<T, InputError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Err(InputError::field(
+            "missing_field",
+            field,
+            format!("{field} is required"),
+        )),
+        Some(Value::String(s)) if s.is_empty() => Err(InputError::field(
+            "missing_field",
+            field,
+            format!("{field} must not be empty"),
+        )),
+        Some(Value::String(s)) => {
+            parse(s.clone()).map_err(|e| InputError::field("invalid_field", field, e.to_string()))
+        }
+        Some(_) => Err(InputError::field(
+            "invalid_field",
+            field,
+            format!("{field} must be a string"),
+        )),
+    }
+}
+
+fn optional_text(
+    map: &Map<String, Value>,
+    field: &'static str,
+    keep: usize,
+) -> Result<Option<String>, InputError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.chars().take(keep).collect())),
+        Some(_) => Err(InputError::field(
+            "invalid_field",
+            field,
+            format!("{field} must be a string"),
+        )),
+    }
+}
+
+fn optional_timestamp(map: &Map<String, Value>) -> Result<(), InputError> {
+    match map.get("timestamp") {
+        None | Some(Value::Null) | Some(Value::Number(_)) => Ok(()),
+        Some(_) => Err(InputError::field(
+            "invalid_field",
+            "timestamp",
+            "timestamp must be a number (ms since the epoch)".into(),
+        )),
+    }
+}
+
+fn tab_request(map: &Map<String, Value>) -> Result<TabRequest, InputError> {
+    let tab = TabRef {
+        tenant: required_id(map, "customerId", TenantId::parse)?,
+        session: required_id(map, "sessionId", SessionId::parse)?,
+        tab: required_id(map, "tabId", TabId::parse)?,
+    };
+    optional_timestamp(map)?;
+    optional_text(map, "userAgent", 512)?;
+    Ok(TabRequest {
+        tab,
+        platform: optional_text(map, "platform", 64)?,
+    })
+}
+
+/// Parses the body of `POST /presence/{join,beat,leave}`.
+pub(crate) fn parse_tab_request(body: &[u8]) -> Result<TabRequest, InputError> {
+    tab_request(&object(body)?)
+}
+
+/// Parses one text frame of `/ws/active-users`.
+pub(crate) fn parse_client_message(text: &str) -> Result<ClientMessage, InputError> {
+    let map = object(text.as_bytes())?;
+    match map.get("type") {
+        Some(Value::String(t)) if t == "auth" => Ok(ClientMessage::Auth(tab_request(&map)?)),
+        Some(Value::String(t)) if t == "ping" => {
+            optional_timestamp(&map)?;
+            Ok(ClientMessage::Ping)
+        }
+        Some(Value::String(t)) => Err(InputError::field(
+            "unknown_type",
+            "type",
+            format!(
+                "unknown message type {:?}: expected \"auth\" or \"ping\"",
+                t.chars().take(32).collect::<String>()
+            ),
+        )),
+        _ => Err(InputError::field(
+            "missing_field",
+            "type",
+            "type is required: \"auth\" or \"ping\"".into(),
+        )),
+    }
+}
+
+/// A customer's metrics as clients see them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MetricsData {
+    pub(crate) customer_id: TenantId,
+    pub(crate) timestamp: Millis,
+    pub(crate) count: u64,
+    pub(crate) ema: f64,
+}
+
+impl MetricsData {
+    pub(crate) fn from_metrics(m: &TenantMetrics) -> Self {
+        Self {
+            customer_id: m.tenant.clone(),
+            timestamp: m.at,
+            count: m.count,
+            // Two decimals are all a display needs; keeps frames short and stable.
+            ema: (m.ema * 100.0).round() / 100.0,
+        }
+    }
+
+    /// Before the first tick: nobody counted yet.
+    pub(crate) fn empty(customer: TenantId, now: Millis) -> Self {
+        Self {
+            customer_id: customer,
+            timestamp: now,
+            count: 0,
+            ema: 0.0,
+        }
+    }
+}
+
+/// A message to an active-users WebSocket client.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type")]
+pub(crate) enum ServerMessage<'a> {
+    #[serde(rename = "hello")]
+    Hello {
+        timestamp: Millis,
+        #[serde(rename = "sessionId")]
+        session_id: &'a SessionId,
+    },
+    #[serde(rename = "pong")]
+    Pong { timestamp: Millis },
+    #[serde(rename = "metrics:update")]
+    MetricsUpdate { data: &'a MetricsData },
+    #[serde(rename = "error")]
+    Error {
+        code: &'static str,
+        message: &'a str,
+    },
+}
+
+impl ServerMessage<'_> {
+    pub(crate) fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> InputError {
+        parse_client_message(text).unwrap_err()
+    }
+
+    #[test]
+    fn an_auth_message_names_the_tab() {
+        let msg = parse_client_message(
+            r#"{"type":"auth","customerId":"shop-1","sessionId":"s-1","tabId":"t-1","timestamp":1}"#,
+        )
+        .unwrap();
+        let ClientMessage::Auth(req) = msg else {
+            panic!("not auth")
+        };
+        assert_eq!(req.tab.tenant.as_str(), "shop-1");
+        assert_eq!(req.tab.session.as_str(), "s-1");
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping","timestamp":5}"#).unwrap(),
+            ClientMessage::Ping
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_field_by_field() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("not json", "invalid_json", None),
+            ("[1,2]", "invalid_json", None),
+            (r#"{"customerId":"a"}"#, "missing_field", Some("type")),
+            (r#"{"type":"subscribe"}"#, "unknown_type", Some("type")),
+            (
+                r#"{"type":"auth","sessionId":"s","tabId":"t"}"#,
+                "missing_field",
+                Some("customerId"),
+            ),
+            (
+                r#"{"type":"auth","customerId":"","sessionId":"s","tabId":"t"}"#,
+                "missing_field",
+                Some("customerId"),
+            ),
+            (
+                r#"{"type":"auth","customerId":7,"sessionId":"s","tabId":"t"}"#,
+                "invalid_field",
+                Some("customerId"),
+            ),
+            (
+                r#"{"type":"auth","customerId":"a.b","sessionId":"s","tabId":"t"}"#,
+                "invalid_field",
+                Some("customerId"),
+            ),
+            (
+                r#"{"type":"auth","customerId":"a","sessionId":"s"}"#,
+                "missing_field",
+                Some("tabId"),
+            ),
+            (
+                r#"{"type":"auth","customerId":"a","sessionId":"s","tabId":"t","timestamp":"x"}"#,
+                "invalid_field",
+                Some("timestamp"),
+            ),
+            (
+                r#"{"type":"auth","customerId":"a","sessionId":"s","tabId":"t","platform":5}"#,
+                "invalid_field",
+                Some("platform"),
+            ),
+        ];
+        for (text, code, field) in cases {
+            let e = err(text);
+            assert_eq!((e.code, e.field), (*code, *field), "{text}: {}", e.message);
+        }
+        let huge = format!(
+            r#"{{"type":"ping","pad":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert_eq!(err(&huge).code, "too_large");
+    }
+
+    #[test]
+    fn http_bodies_use_the_same_rules() {
+        let ok = parse_tab_request(
+            br#"{"customerId":"a","sessionId":"s","tabId":"t","platform":"web"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.platform.as_deref(), Some("web"));
+        let e = parse_tab_request(br#"{"customerId":"a","tabId":"t"}"#).unwrap_err();
+        assert_eq!(e.field, Some("sessionId"));
+    }
+
+    #[test]
+    fn server_messages_have_the_documented_shape() {
+        let data = MetricsData {
+            customer_id: TenantId::parse("shop").unwrap(),
+            timestamp: Millis(10),
+            count: 3,
+            ema: 2.5,
+        };
+        assert_eq!(
+            ServerMessage::MetricsUpdate { data: &data }.to_text(),
+            r#"{"type":"metrics:update","data":{"customerId":"shop","timestamp":10,"count":3,"ema":2.5}}"#
+        );
+        assert_eq!(
+            ServerMessage::Error {
+                code: "x",
+                message: "y"
+            }
+            .to_text(),
+            r#"{"type":"error","code":"x","message":"y"}"#
+        );
+    }
+}

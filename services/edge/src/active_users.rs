@@ -1,0 +1,40 @@
+//! Active users ("N people are viewing"): the routes of the WebSocket endpoint and the HTTP
+//! fallback, and what they share. Tabs become `session_*` events in the log; the aggregator
+//! counts sessions per customer and ticks the EMA; the [`MetricsHub`] brings the ticks back.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+use crate::beats::BeatBatcher;
+use crate::metrics_hub::MetricsHub;
+use crate::publisher::EventPublisher;
+use crate::rate_limit::RateLimits;
+use crate::{active_http, active_ws};
+
+/// What the active-users handlers share.
+pub(crate) struct ActiveUsersContext {
+    pub(crate) publisher: EventPublisher,
+    pub(crate) beats: BeatBatcher,
+    pub(crate) hub: Arc<MetricsHub>,
+    pub(crate) limits: RateLimits,
+    /// Time a WebSocket has to authenticate.
+    pub(crate) auth_timeout: std::time::Duration,
+    /// Closes the WebSockets (with 1001) when the edge shuts down.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// `GET /ws/active-users`, `POST /presence/{join,beat,leave}`, `GET /metrics`.
+pub(crate) fn routes(cx: Arc<ActiveUsersContext>) -> Router {
+    Router::new()
+        .route("/ws/active-users", get(active_ws::upgrade))
+        .route("/presence/join", post(active_http::join))
+        .route("/presence/beat", post(active_http::beat))
+        .route("/presence/leave", post(active_http::leave))
+        .route("/metrics", get(active_http::metrics))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(cx)
+}

@@ -1,0 +1,323 @@
+//! `GET /ws/active-users`: one WebSocket per tab, JSON text frames.
+//!
+//! The client authenticates with `{"type":"auth","customerId","sessionId","tabId"}` within
+//! 10 s (`PRESENCE_WS_AUTH_TIMEOUT_MS`) and gets `hello`; then `ping` → `pong` (a ping is also the tab's beat) and a
+//! `metrics:update` on every tick of its customer. Bad input gets an `error` frame; the socket
+//! is closed with a specific code when it does not authenticate in time (4408), sends a frame
+//! over the size limit (1009), keeps sending garbage (1008), or is rate limited (4429).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use presence_events::{EventBody, Millis, Transport};
+use tokio::sync::broadcast;
+
+use crate::active_protocol::{
+    ClientMessage, InputError, MAX_MESSAGE_BYTES, ServerMessage, TabRef, TabRequest,
+    parse_client_message,
+};
+use crate::active_users::ActiveUsersContext;
+use crate::rate_limit::Verdict;
+
+/// Invalid messages tolerated before the socket is closed.
+const MAX_INVALID: u32 = 5;
+
+/// Close codes of this endpoint.
+mod close {
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const POLICY: u16 = 1008;
+    pub(super) const TOO_BIG: u16 = 1009;
+    pub(super) const INTERNAL: u16 = 1011;
+    pub(super) const AUTH_TIMEOUT: u16 = 4408;
+    pub(super) const RATE_LIMITED: u16 = 4429;
+}
+
+/// Upgrades to the active-users protocol.
+pub(crate) async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(cx): State<Arc<ActiveUsersContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let ip = cx.limits.client_ip(peer, &headers);
+    // Frames past our limit are read (up to 64 KiB) so the client can be told why it is closed.
+    ws.max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024)
+        .on_upgrade(move |socket| async move { serve(socket, cx, ip).await })
+}
+
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+type Source = futures::stream::SplitStream<WebSocket>;
+
+struct Conn {
+    sink: Sink,
+    source: Source,
+    invalid: u32,
+}
+
+/// What a received frame amounts to.
+enum Incoming {
+    Message(ClientMessage),
+    /// Answered with an error frame; the socket stays open unless too many.
+    Invalid(InputError),
+    /// The socket must be closed with this code and reason.
+    Fatal(u16, String),
+    Closed,
+}
+
+impl Conn {
+    async fn send(&mut self, message: ServerMessage<'_>) -> bool {
+        self.sink
+            .send(Message::Text(message.to_text().into()))
+            .await
+            .is_ok()
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        metrics::counter!("presence_ws_closed_total", "code" => code.to_string()).increment(1);
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self.sink.close().await;
+    }
+
+    async fn receive(&mut self) -> Incoming {
+        loop {
+            let Some(frame) = self.source.next().await else {
+                return Incoming::Closed;
+            };
+            let text = match frame {
+                Ok(Message::Text(text)) => text,
+                Ok(Message::Binary(_)) => {
+                    return Incoming::Invalid(InputError::general(
+                        "binary_not_supported",
+                        "send JSON text frames",
+                    ));
+                }
+                Ok(Message::Close(_)) => return Incoming::Closed,
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Err(e) => {
+                    let e = e.to_string();
+                    return if e.contains("too long") || e.contains("too big") {
+                        Incoming::Fatal(
+                            close::TOO_BIG,
+                            format!("message too big: limit {MAX_MESSAGE_BYTES} bytes"),
+                        )
+                    } else {
+                        Incoming::Closed
+                    };
+                }
+            };
+            if text.len() > MAX_MESSAGE_BYTES {
+                return Incoming::Fatal(
+                    close::TOO_BIG,
+                    format!(
+                        "message too big: {} bytes, limit {MAX_MESSAGE_BYTES}",
+                        text.len()
+                    ),
+                );
+            }
+            return match parse_client_message(text.as_str()) {
+                Ok(message) => Incoming::Message(message),
+                Err(e) => Incoming::Invalid(e),
+            };
+        }
+    }
+
+    /// Tells the client what was wrong; `false` once it has been wrong too often (closed).
+    async fn reject(&mut self, e: &InputError) -> bool {
+        metrics::counter!("presence_ws_rejected_total", "reason" => e.code).increment(1);
+        self.invalid += 1;
+        let message = match e.field {
+            Some(field) if !e.message.contains(field) => format!("{field}: {}", e.message),
+            _ => e.message.clone(),
+        };
+        self.send(ServerMessage::Error {
+            code: e.code,
+            message: &message,
+        })
+        .await;
+        if self.invalid >= MAX_INVALID {
+            self.close(close::POLICY, "too many invalid messages").await;
+            return false;
+        }
+        true
+    }
+}
+
+async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
+    let (sink, source) = socket.split();
+    let mut conn = Conn {
+        sink,
+        source,
+        invalid: 0,
+    };
+    let Some(request) = authenticate(&mut conn, &cx, ip).await else {
+        return;
+    };
+    let tab = request.tab.clone();
+    metrics::gauge!("presence_connections", "transport" => "websocket").increment(1.0);
+    metrics::counter!("presence_connections_opened_total", "transport" => "websocket").increment(1);
+    let updates = cx.hub.subscribe(&tab.tenant);
+    let joined = cx
+        .publisher
+        .publish(EventBody::SessionJoin {
+            tenant: tab.tenant.clone(),
+            session: tab.session.clone(),
+            tab: tab.tab.clone(),
+            transport: Transport::Websocket,
+            platform: request.platform,
+        })
+        .await;
+    if let Err(e) = joined {
+        tracing::warn!(error = %e, "could not append a session join");
+        conn.send(ServerMessage::Error {
+            code: "unavailable",
+            message: "active users are unavailable right now; reconnect later",
+        })
+        .await;
+        conn.close(close::INTERNAL, "unavailable").await;
+    } else {
+        conn.send(ServerMessage::Hello {
+            timestamp: Millis::now(),
+            session_id: &tab.session,
+        })
+        .await;
+        follow(&mut conn, &cx, &tab, updates).await;
+        // A pending ping must not land after the leave.
+        cx.beats.forget_tab(tab.clone()).await;
+        let left = cx
+            .publisher
+            .publish(EventBody::SessionLeave {
+                tenant: tab.tenant.clone(),
+                session: tab.session.clone(),
+                tab: tab.tab.clone(),
+            })
+            .await;
+        if let Err(e) = left {
+            tracing::warn!(error = %e, "could not append a session leave; the tab expires instead");
+        }
+    }
+    metrics::gauge!("presence_connections", "transport" => "websocket").decrement(1.0);
+}
+
+/// Waits for a valid `auth` within the auth timeout; `None` if the socket was closed.
+async fn authenticate(conn: &mut Conn, cx: &ActiveUsersContext, ip: IpAddr) -> Option<TabRequest> {
+    let deadline = tokio::time::Instant::now() + cx.auth_timeout;
+    loop {
+        let incoming = tokio::select! {
+            incoming = conn.receive() => incoming,
+            _ = tokio::time::sleep_until(deadline) => {
+                let reason = format!("authentication timeout: send auth within {} ms", cx.auth_timeout.as_millis());
+                conn.close(close::AUTH_TIMEOUT, &reason).await;
+                return None;
+            }
+        };
+        match incoming {
+            Incoming::Message(ClientMessage::Auth(request)) => {
+                match cx.limits.check(ip, Some(&request.tab.tenant)) {
+                    Verdict::Allowed(_) => return Some(request),
+                    Verdict::Blocked {
+                        by,
+                        retry_after_secs,
+                        ..
+                    } => {
+                        let message = format!(
+                            "too many requests from this {}; retry in {retry_after_secs} s",
+                            match by {
+                                crate::rate_limit::BlockedBy::Ip => "IP address",
+                                crate::rate_limit::BlockedBy::Customer => "customer",
+                            }
+                        );
+                        metrics::counter!("presence_rate_limited_total", "blocked_by" => "websocket").increment(1);
+                        conn.send(ServerMessage::Error {
+                            code: "rate_limited",
+                            message: &message,
+                        })
+                        .await;
+                        conn.close(close::RATE_LIMITED, "rate limited").await;
+                        return None;
+                    }
+                }
+            }
+            Incoming::Message(ClientMessage::Ping) => {
+                let e = InputError::general("not_authenticated", "send auth first");
+                if !conn.reject(&e).await {
+                    return None;
+                }
+            }
+            Incoming::Invalid(e) => {
+                if !conn.reject(&e).await {
+                    return None;
+                }
+            }
+            Incoming::Fatal(code, reason) => {
+                conn.close(code, &reason).await;
+                return None;
+            }
+            Incoming::Closed => return None,
+        }
+    }
+}
+
+/// Serves an authenticated tab until it closes or the edge shuts down.
+async fn follow(
+    conn: &mut Conn,
+    cx: &ActiveUsersContext,
+    tab: &TabRef,
+    mut updates: broadcast::Receiver<Arc<str>>,
+) {
+    if let Some(latest) = cx.hub.latest(&tab.tenant) {
+        conn.send(ServerMessage::MetricsUpdate { data: &latest })
+            .await;
+    }
+    loop {
+        tokio::select! {
+            incoming = conn.receive() => match incoming {
+                Incoming::Message(ClientMessage::Ping) => {
+                    cx.beats.tab_beat(tab.clone()).await;
+                    if !conn.send(ServerMessage::Pong { timestamp: Millis::now() }).await {
+                        return;
+                    }
+                }
+                Incoming::Message(ClientMessage::Auth(_)) => {
+                    let e = InputError::general("already_authenticated", "this socket is already authenticated");
+                    if !conn.reject(&e).await {
+                        return;
+                    }
+                }
+                Incoming::Invalid(e) => {
+                    if !conn.reject(&e).await {
+                        return;
+                    }
+                }
+                Incoming::Fatal(code, reason) => {
+                    conn.close(code, &reason).await;
+                    return;
+                }
+                Incoming::Closed => return,
+            },
+            frame = updates.recv() => match frame {
+                Ok(frame) => {
+                    if conn.sink.send(Message::Text(Utf8Bytes::from(&*frame))).await.is_err() {
+                        return;
+                    }
+                }
+                // Skipped ticks are fine: the next one carries the current value.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = cx.shutdown.cancelled() => {
+                conn.close(close::GOING_AWAY, "server shutting down").await;
+                return;
+            }
+        }
+    }
+}

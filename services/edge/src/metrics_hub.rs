@@ -1,0 +1,121 @@
+//! Per-customer active-user metrics on this edge: the latest value of each customer (for
+//! `GET /metrics`) and a broadcast of every tick to the WebSocket clients of that customer.
+//! Fed from the metrics stream, which keeps the last value per customer, so a new edge
+//! answers at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use presence_events::{Subjects, TenantId, TenantMetrics};
+use presence_log::{EventLog, StartAt};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::active_protocol::{MetricsData, ServerMessage};
+
+struct Customer {
+    latest: Option<MetricsData>,
+    /// Ready-to-send `metrics:update` frames.
+    updates: broadcast::Sender<Arc<str>>,
+}
+
+impl Customer {
+    fn new() -> Self {
+        Self {
+            latest: None,
+            // Only the newest value matters: a slow client skips, never queues.
+            updates: broadcast::channel(4).0,
+        }
+    }
+}
+
+/// Latest metrics per customer and their subscribers.
+#[derive(Default)]
+pub(crate) struct MetricsHub {
+    customers: RwLock<HashMap<TenantId, Customer>>,
+}
+
+impl MetricsHub {
+    /// Frames of every future tick of `tenant`.
+    pub(crate) fn subscribe(&self, tenant: &TenantId) -> broadcast::Receiver<Arc<str>> {
+        let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
+        customers
+            .entry(tenant.clone())
+            .or_insert_with(Customer::new)
+            .updates
+            .subscribe()
+    }
+
+    /// The latest metrics of `tenant`, if it ever ticked.
+    pub(crate) fn latest(&self, tenant: &TenantId) -> Option<MetricsData> {
+        let customers = self.customers.read().unwrap_or_else(|e| e.into_inner());
+        customers.get(tenant).and_then(|c| c.latest.clone())
+    }
+
+    fn update(&self, metrics: &TenantMetrics) {
+        let data = MetricsData::from_metrics(metrics);
+        let frame: Arc<str> = ServerMessage::MetricsUpdate { data: &data }
+            .to_text()
+            .into();
+        let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
+        let customer = customers
+            .entry(metrics.tenant.clone())
+            .or_insert_with(Customer::new);
+        if customer
+            .latest
+            .as_ref()
+            .is_some_and(|known| known.timestamp > data.timestamp)
+        {
+            return;
+        }
+        customer.latest = Some(data);
+        let receivers = customer.updates.send(frame).unwrap_or(0);
+        metrics::counter!("presence_metrics_updates_delivered_total").increment(receivers as u64);
+    }
+
+    /// Follows the metrics stream until `shutdown`.
+    pub(crate) async fn follow(
+        self: Arc<Self>,
+        log: Arc<dyn EventLog>,
+        subjects: Subjects,
+        shutdown: CancellationToken,
+    ) {
+        let stream = subjects.metrics_stream();
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match log.subscribe(&stream, StartAt::LastPerSubject, None).await {
+                Ok(mut updates) => {
+                    backoff = Duration::from_millis(100);
+                    loop {
+                        let next = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            next = updates.next() => next,
+                        };
+                        match next {
+                            Some(Ok(delivered)) => {
+                                match TenantMetrics::decode(&delivered.payload) {
+                                    Ok(m) => self.update(&m),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "skipping undecodable metrics")
+                                    }
+                                }
+                            }
+                            Some(Err(e)) => tracing::warn!(error = %e, "metrics delivery failed"),
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the metrics stream")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}

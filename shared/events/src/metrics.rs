@@ -1,0 +1,43 @@
+//! Active-user metrics: what the aggregator computes for each customer on every metrics tick.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Millis, TenantId};
+
+/// One customer's live count and its EMA at one tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantMetrics {
+    /// Schema version.
+    pub v: u16,
+    /// The customer.
+    pub tenant: TenantId,
+    /// Event time of the tick.
+    pub at: Millis,
+    /// Distinct live sessions.
+    pub count: u64,
+    /// `alpha * count + (1 - alpha) * previous`, the first tick's being the count.
+    pub ema: f64,
+    /// Sequence in the event log of the tick.
+    pub seq: u64,
+}
+
+impl TenantMetrics {
+    /// Encodes for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes from the log.
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        let m: TenantMetrics = serde_json::from_slice(bytes)?;
+        if m.v > crate::SCHEMA_VERSION {
+            return Err(crate::DecodeError::UnsupportedVersion(m.v));
+        }
+        Ok(m)
+    }
+
+    /// De-duplication id: one value per customer per tick.
+    pub fn msg_id(&self) -> String {
+        format!("met-{}-{}", self.seq, self.tenant)
+    }
+}
