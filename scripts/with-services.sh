@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs a command with a NATS JetStream server it can use: NATS_URL if it answers, otherwise
-# a throwaway `nats-server -js` on a free loopback port, stopped (and its data removed)
-# when the command ends.
+# Runs a command with a NATS JetStream server and a PostgreSQL server it can use: NATS_URL /
+# DATABASE_URL if they answer, otherwise throwaway ones (`nats-server -js`, and a fresh
+# `initdb` cluster run as the postgres user) on free loopback ports, stopped (and their data
+# removed) when the command ends.
 set -euo pipefail
 
 reachable() { # host:port
@@ -13,7 +14,12 @@ hostport() { # nats://host:port -> host:port
   echo "${u%%/*}"
 }
 
-cleanup() { :; }
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+stops=()
+cleanup() { for stop in "${stops[@]}"; do eval "$stop" || true; done; }
 trap 'cleanup' EXIT
 
 if [[ -n "${NATS_URL:-}" ]] && reachable "$(hostport "$NATS_URL")"; then
@@ -21,7 +27,7 @@ if [[ -n "${NATS_URL:-}" ]] && reachable "$(hostport "$NATS_URL")"; then
 else
   command -v nats-server >/dev/null || { echo "nats-server not found: apt-get install nats-server" >&2; exit 1; }
   dir=$(mktemp -d)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   cat > "$dir/nats.conf" <<CONF
 listen: 127.0.0.1:$port
 jetstream {
@@ -32,11 +38,35 @@ jetstream {
 CONF
   nats-server -c "$dir/nats.conf" > "$dir/nats.log" 2>&1 &
   nats_pid=$!
-  cleanup() { kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; rm -rf "$dir"; }
+  stops+=("kill $nats_pid 2>/dev/null; wait $nats_pid 2>/dev/null; rm -rf '$dir'")
   for _ in $(seq 1 100); do reachable "127.0.0.1:$port" && break; sleep 0.1; done
   reachable "127.0.0.1:$port" || { echo "nats-server did not start:" >&2; cat "$dir/nats.log" >&2; exit 1; }
   export NATS_URL="nats://127.0.0.1:$port"
   echo "started nats-server -js at $NATS_URL"
+fi
+
+db_hostport() { # postgres://user@host:port/db -> host:port
+  local u=${1#*://}; u=${u#*@}; echo "${u%%/*}"
+}
+
+if [[ -n "${DATABASE_URL:-}" ]] && reachable "$(db_hostport "$DATABASE_URL")"; then
+  echo "using the PostgreSQL server at $(db_hostport "$DATABASE_URL")"
+else
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -n "$pg_bin" ]] || { echo "PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
+  as_pg=()
+  [[ $(id -u) == 0 ]] && as_pg=(runuser -u postgres --)
+  pgdir=$(mktemp -d)
+  [[ $(id -u) == 0 ]] && chown postgres "$pgdir"
+  pgport=$(free_port)
+  "${as_pg[@]}" "$pg_bin/initdb" -D "$pgdir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$pgdir/initdb.log" 2>&1 \
+    || { cat "$pgdir/initdb.log" >&2; exit 1; }
+  "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w \
+    -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=400" \
+    start >/dev/null || { cat "$pgdir/postgres.log" >&2; exit 1; }
+  stops+=("${as_pg[*]} $pg_bin/pg_ctl -D '$pgdir/data' -m immediate stop >/dev/null; rm -rf '$pgdir'")
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$pgport/postgres"
+  echo "started PostgreSQL at 127.0.0.1:$pgport"
 fi
 
 "$@"

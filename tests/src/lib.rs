@@ -151,73 +151,144 @@ pub enum Mode {
     Cluster,
 }
 
+/// Environment variables of a process.
+type Env = Vec<(String, String)>;
+
 /// A running deployment with two public entry points ("edge A" and "edge B").
 pub struct Deployment {
-    /// Every process, kept alive for the test.
-    pub procs: Vec<Proc>,
+    /// Every process with its role and environment, kept alive for the test.
+    procs: Vec<(String, Env, Proc)>,
     /// Public URL of edge A.
     pub a: String,
     /// Public URL of edge B (the same process as A in standalone mode).
     pub b: String,
-    /// The environment the aggregator was started with (cluster mode).
-    aggregator_env: Vec<(String, String)>,
+    /// The deployment's own database, when started with persistence.
+    pub database_url: Option<String>,
 }
 
 impl Deployment {
     /// Starts a deployment in `mode` with extra `env` for every process.
     pub async fn start(mode: Mode, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::launch(mode, env, None).await
+    }
+
+    /// As [`Deployment::start`], with a fresh database and (in cluster mode) a persister.
+    pub async fn with_persistence(mode: Mode, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let url = fresh_database().await?;
+        Self::launch(mode, env, Some(url)).await
+    }
+
+    async fn launch(
+        mode: Mode,
+        env: &[(&str, String)],
+        database_url: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        if let Some(url) = &database_url {
+            env.push(("DATABASE_URL".into(), url.clone()));
+        }
+        let mut d = Self {
+            procs: Vec::new(),
+            a: String::new(),
+            b: String::new(),
+            database_url: database_url.clone(),
+        };
         match mode {
             Mode::Standalone => {
-                let p = Proc::start("standalone", env).await?;
-                let url = p.url().to_owned();
-                Ok(Self {
-                    procs: vec![p],
-                    a: url.clone(),
-                    b: url,
-                    aggregator_env: Vec::new(),
-                })
+                d.spawn("standalone", env).await?;
+                d.a = d.procs[0].2.url().to_owned();
+                d.b = d.a.clone();
             }
             Mode::Cluster => {
-                let mut env = env.to_vec();
-                env.push(("NATS_URL", nats_url()?));
-                if !env.iter().any(|(k, _)| *k == "PRESENCE_NAMESPACE") {
-                    env.push(("PRESENCE_NAMESPACE", unique_namespace()));
+                env.push(("NATS_URL".into(), nats_url()?));
+                if !env.iter().any(|(k, _)| k == "PRESENCE_NAMESPACE") {
+                    env.push(("PRESENCE_NAMESPACE".into(), unique_namespace()));
                 }
-                let aggregator = Proc::start("aggregator", &env).await?;
-                let a = Proc::start("edge", &with(&env, "PRESENCE_NODE_ID", "edge-a")).await?;
-                let b = Proc::start("edge", &with(&env, "PRESENCE_NODE_ID", "edge-b")).await?;
-                Ok(Self {
-                    a: a.url().to_owned(),
-                    b: b.url().to_owned(),
-                    procs: vec![aggregator, a, b],
-                    aggregator_env: env
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
-                })
+                d.spawn("aggregator", env.clone()).await?;
+                if database_url.is_some() {
+                    d.spawn("persister", env.clone()).await?;
+                }
+                d.spawn("edge", with(&env, "PRESENCE_NODE_ID", "edge-a"))
+                    .await?;
+                d.spawn("edge", with(&env, "PRESENCE_NODE_ID", "edge-b"))
+                    .await?;
+                let edges: Vec<&Proc> = d
+                    .procs
+                    .iter()
+                    .filter(|(role, _, _)| role == "edge")
+                    .map(|(_, _, p)| p)
+                    .collect();
+                d.a = edges[0].url().to_owned();
+                d.b = edges[1].url().to_owned();
             }
         }
+        Ok(d)
     }
-}
 
-impl Deployment {
-    /// Cluster mode: SIGKILLs the aggregator and starts a new one in its place.
-    pub async fn kill_and_restart_aggregator(&mut self) -> anyhow::Result<()> {
-        self.procs[0].kill().await;
-        let env: Vec<(&str, String)> = self
-            .aggregator_env
+    async fn spawn(&mut self, role: &str, env: Vec<(String, String)>) -> anyhow::Result<()> {
+        let borrowed: Vec<(&str, String)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let proc = Proc::start(role, &borrowed).await?;
+        self.procs.push((role.to_owned(), env, proc));
+        Ok(())
+    }
+
+    /// The first process of `role`.
+    pub fn proc(&mut self, role: &str) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .find(|(r, _, _)| r == role)
+            .map(|(_, _, p)| p)
+            .unwrap_or_else(|| panic!("no {role} in this deployment"))
+    }
+
+    /// SIGKILLs the first process of `role` and starts another in its place.
+    pub async fn kill_and_restart(&mut self, role: &str) -> anyhow::Result<()> {
+        let i = self
+            .procs
+            .iter()
+            .position(|(r, _, _)| r == role)
+            .with_context(|| format!("no {role} in this deployment"))?;
+        self.procs[i].2.kill().await;
+        let borrowed: Vec<(&str, String)> = self.procs[i]
+            .1
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
-        self.procs[0] = Proc::start("aggregator", &env).await?;
+        self.procs[i].2 = Proc::start(role, &borrowed).await?;
         Ok(())
+    }
+
+    /// Cluster mode: SIGKILLs the aggregator and starts a new one in its place.
+    pub async fn kill_and_restart_aggregator(&mut self) -> anyhow::Result<()> {
+        self.kill_and_restart("aggregator").await
     }
 }
 
-fn with<'a>(env: &[(&'a str, String)], key: &'a str, value: &str) -> Vec<(&'a str, String)> {
+fn with(env: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
     let mut env = env.to_vec();
-    env.push((key, value.to_owned()));
+    env.push((key.to_owned(), value.to_owned()));
     env
+}
+
+/// A new, empty database on the test run's PostgreSQL (`DATABASE_URL`); returns its URL.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let admin = std::env::var("DATABASE_URL").context(
+        "DATABASE_URL is not set: run the tests with `make test`, which starts PostgreSQL",
+    )?;
+    let name = unique_namespace();
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    Ok(format!("{base}/{name}"))
 }
 
 /// A token for `user` of `gender`, valid for an hour.

@@ -18,11 +18,16 @@ use serde::{Deserialize, Serialize};
 
 /// A customer is forgotten once nobody is on its site and its EMA has decayed below this.
 const FORGET_BELOW: f64 = 0.005;
+/// How long a closed tab is remembered.
+const CLOSED_KEPT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Customer {
     /// Session -> tab -> time of the tab's latest sign of life.
     sessions: HashMap<SessionId, HashMap<TabId, Millis>>,
+    /// Tabs that left, and when: a beat or join of theirs from before that (late, from
+    /// another edge or a request still in flight) must not bring them back.
+    closed: HashMap<(SessionId, TabId), Millis>,
     ema: Option<f64>,
 }
 
@@ -76,7 +81,7 @@ impl ActiveUsers {
                 tenant,
                 session,
                 tab,
-            } => self.close(tenant, session, tab),
+            } => self.close(tenant, session, tab, event.at),
             EventBody::MetricsTick => return self.tick(seq, event.at),
             _ => {}
         }
@@ -89,21 +94,21 @@ impl ActiveUsers {
     }
 
     fn touch(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId, at: Millis) {
-        let tabs = self
-            .customers
-            .entry(tenant.clone())
-            .or_default()
-            .sessions
-            .entry(session.clone())
-            .or_default();
+        let customer = self.customers.entry(tenant.clone()).or_default();
+        let key = (session.clone(), tab.clone());
+        if customer.closed.get(&key).is_some_and(|left| at <= *left) {
+            return;
+        }
+        let tabs = customer.sessions.entry(session.clone()).or_default();
         let seen = tabs.entry(tab.clone()).or_insert(at);
         *seen = (*seen).max(at);
     }
 
-    fn close(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId) {
+    fn close(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId, at: Millis) {
         let Some(customer) = self.customers.get_mut(tenant) else {
             return;
         };
+        customer.closed.insert((session.clone(), tab.clone()), at);
         if let Some(tabs) = customer.sessions.get_mut(session) {
             tabs.remove(tab);
             if tabs.is_empty() {
@@ -121,6 +126,10 @@ impl ActiveUsers {
                 tabs.retain(|_, seen| now.since(*seen) < ttl);
                 !tabs.is_empty()
             });
+            // A late message arrives within seconds; a minute is a wide margin.
+            customer
+                .closed
+                .retain(|_, left| now.since(*left) < CLOSED_KEPT_MS);
             let count = customer.sessions.len() as u64;
             let mut ema = match customer.ema {
                 None => count as f64,
@@ -268,6 +277,19 @@ mod tests {
         );
         assert_eq!(s.tick(279_999)[0].1, 1);
         assert_eq!(s.tick(280_000)[0].1, 0);
+    }
+
+    #[test]
+    fn a_late_beat_of_a_tab_that_left_does_not_bring_it_back() {
+        let mut s = Script::new();
+        s.apply(0, join("shop", "x", "t"));
+        s.apply(1_000, leave("shop", "x", "t"));
+        // A beat sent before the leave, arriving after it.
+        s.apply(1_001, beat("shop", "x", "t", 900));
+        assert_eq!(s.tick(2_000)[0].1, 0);
+        // A tab that comes back later counts again.
+        s.apply(3_000, join("shop", "x", "t"));
+        assert_eq!(s.tick(4_000)[0].1, 1);
     }
 
     #[test]

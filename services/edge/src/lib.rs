@@ -209,7 +209,7 @@ impl Edge {
             auth_timeout: Duration::from_millis(self.config.ws_auth_timeout_ms),
             shutdown: shutdown.clone(),
         });
-        tasks.spawn(forget_idle_rate_limits(active.clone(), shutdown.clone()));
+        tasks.spawn(forget_idle_clients(active.clone(), shutdown.clone()));
         let view = Arc::new(PresenceView::default());
         let local = Arc::new(LocalConnections::default());
         let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
@@ -274,13 +274,17 @@ impl Edge {
     }
 }
 
-/// Keeps the rate limiters' memory bounded: keys idle for a full window are dropped.
-async fn forget_idle_rate_limits(active: Arc<ActiveUsersContext>, shutdown: CancellationToken) {
+/// Keeps per-client and per-customer memory bounded: rate-limit keys idle for a full window
+/// and customers nobody listens to (for ten minutes) are dropped.
+async fn forget_idle_clients(active: Arc<ActiveUsersContext>, shutdown: CancellationToken) {
     let mut timer = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = timer.tick() => active.limits.forget_idle(),
+            _ = timer.tick() => {
+                active.limits.forget_idle();
+                active.hub.forget_idle(presence_events::Millis::now(), 600_000);
+            }
         }
     }
 }

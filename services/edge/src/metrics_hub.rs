@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use presence_events::{Subjects, TenantId, TenantMetrics};
+use presence_events::{Millis, Subjects, TenantId, TenantMetrics};
 use presence_log::{EventLog, StartAt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,18 @@ impl MetricsHub {
     pub(crate) fn latest(&self, tenant: &TenantId) -> Option<MetricsData> {
         let customers = self.customers.read().unwrap_or_else(|e| e.into_inner());
         customers.get(tenant).and_then(|c| c.latest.clone())
+    }
+
+    /// Drops customers nobody listens to whose last value is older than `idle` (or who never
+    /// ticked): the customer ids clients send cannot grow the map without bound.
+    pub(crate) fn forget_idle(&self, now: Millis, idle_ms: u64) {
+        let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
+        customers.retain(|_, c| {
+            c.updates.receiver_count() > 0
+                || c.latest
+                    .as_ref()
+                    .is_some_and(|m| now.since(m.timestamp) < idle_ms)
+        });
     }
 
     fn update(&self, metrics: &TenantMetrics) {

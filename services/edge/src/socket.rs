@@ -8,7 +8,7 @@
 //! viewer class; closing it appends a `leave`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use presence_auth::{AuthError, Identity, Verifier};
@@ -85,7 +85,14 @@ pub(crate) struct SocketContext {
 struct Session {
     identity: Arc<Identity>,
     conn: ConnId,
+    /// [`NEW`], [`OPENED`] (counted as connected here) or [`CLOSED`]: the connect and
+    /// disconnect handlers run as separate tasks, in either order.
+    lifecycle: Arc<AtomicU8>,
 }
+
+const NEW: u8 = 0;
+const OPENED: u8 = 1;
+const CLOSED: u8 = 2;
 
 impl Session {
     fn key(&self) -> UserKey {
@@ -186,6 +193,7 @@ impl Ack {
 /// `join` (durable in the log) are all in place first; if the join cannot be appended the
 /// client gets a `connect_error` saying so and can retry.
 pub(crate) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
+    let local = cx.local.clone();
     let admit = move |s: SocketRef, TryData(auth): TryData<HandshakeAuth>| {
         let cx = cx.clone();
         async move {
@@ -197,7 +205,17 @@ pub(crate) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
             result
         }
     };
-    io.ns("/", (async || {}).with(admit));
+    let opened = move |s: SocketRef| async move {
+        if let Some(session) = s.extensions.get::<Session>()
+            && session
+                .lifecycle
+                .compare_exchange(NEW, OPENED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            local.opened(session.key());
+        }
+    };
+    io.ns("/", opened.with(admit));
 }
 
 impl SocketContext {
@@ -229,6 +247,7 @@ impl SocketContext {
         let session = Session {
             identity: Arc::new(identity),
             conn: ConnId::new(),
+            lifecycle: Arc::new(AtomicU8::new(NEW)),
         };
         let id = &session.identity;
         let join = EventBody::Join {
@@ -243,7 +262,7 @@ impl SocketContext {
         }
         s.join(viewer_room(&id.tenant, &id.class));
         self.install_handlers(s, &session);
-        self.local.opened(session.key());
+        s.extensions.insert(session.clone());
         metrics::counter!("presence_connections_opened_total", "transport" => "socketio")
             .increment(1);
         Ok(())
@@ -378,7 +397,9 @@ impl SocketContext {
     }
 
     async fn on_disconnect(&self, sn: &Session, reason: DisconnectReason) {
-        self.local.closed(&sn.key());
+        if sn.lifecycle.swap(CLOSED, Ordering::AcqRel) == OPENED {
+            self.local.closed(&sn.key());
+        }
         // A beat still pending for this connection must not land after its leave.
         self.beats.forget(sn.conn).await;
         let id = &sn.identity;

@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use presence_aggregator::{Aggregator, AggregatorConfig};
-use presence_config::{LogArgs, NodeArgs, Secret};
+use presence_config::{DbArgs, LogArgs, NodeArgs, Secret};
 use presence_edge::{Edge, EdgeConfig};
 use presence_events::{NodeId, Subjects};
 use presence_log::{EventLog, JetStreamLog, MemoryLog};
+use presence_persister::{Persister, PersisterConfig};
+use presence_store::Store;
 use presence_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +40,10 @@ enum Role {
         edge: EdgeConfig,
         #[command(flatten)]
         aggregator: AggregatorConfig,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        persister: PersisterConfig,
     },
     /// An edge: Socket.io / WebSocket / HTTP in, events to JetStream, changes out to sockets.
     Edge {
@@ -56,6 +62,17 @@ enum Role {
         log: LogArgs,
         #[command(flatten)]
         aggregator: AggregatorConfig,
+    },
+    /// The persister: writes debounced presence snapshots to PostgreSQL (needs DATABASE_URL).
+    Persister {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        persister: PersisterConfig,
     },
     /// Prints an HS256 token for development and testing.
     Token {
@@ -86,6 +103,8 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_NAMESPACE             prefix of streams and subjects          [presence]
   PRESENCE_EVENTS_MAX_AGE_HOURS  event stream retention                  [168]
   PRESENCE_EVENTS_MAX_BYTES      event stream size limit                 [1073741824]
+  DATABASE_URL                   PostgreSQL (persister; optional for standalone)
+  PRESENCE_ONLINE_DEBOUNCE_MS    online writes coalesce for              [2000]
   JWT_SECRET                     HS256 secret (masked when printed)
   JWT_ALGORITHM                  HS256 | RS256                           [HS256]
   JWT_PUBLIC_KEY_FILE            RSA public key (PEM) for RS256
@@ -116,9 +135,16 @@ impl Cli {
                 log,
                 edge,
                 aggregator,
+                db,
+                persister,
             } => {
-                tracing::info!(?node, ?edge, ?aggregator, namespace = %log.namespace, "effective configuration");
+                tracing::info!(?node, ?edge, ?aggregator, ?db, ?persister, namespace = %log.namespace, "effective configuration");
                 let event_log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+                let store = match &db.database_url {
+                    Some(url) => Some(connect_db(url).await?),
+                    None => None,
+                };
+                let namespace = log.namespace.clone();
                 serve("standalone", &node, &log, event_log, |cx| async move {
                     Aggregator::new(
                         aggregator,
@@ -127,6 +153,21 @@ impl Cli {
                         cx.node.clone(),
                     )
                     .start(&cx.tasks, cx.shutdown.clone());
+                    if let Some(store) = store {
+                        // In one process, readiness is the edge's.
+                        Persister::new(
+                            persister,
+                            cx.log.clone(),
+                            cx.subjects.clone(),
+                            store,
+                            namespace,
+                        )
+                        .start(
+                            &cx.tasks,
+                            cx.shutdown.clone(),
+                            Readiness::default(),
+                        );
+                    }
                     let http = Edge::new(edge, node.environment, cx.log, cx.subjects, cx.node)
                         .start(&cx.tasks, cx.shutdown, cx.readiness)
                         .await?;
@@ -156,6 +197,30 @@ impl Cli {
                     Aggregator::new(aggregator, cx.log, cx.subjects, cx.node)
                         .start(&cx.tasks, cx.shutdown);
                     cx.readiness.set(true);
+                    Ok(vec![])
+                })
+                .await
+            }
+            Role::Persister {
+                node,
+                log,
+                db,
+                persister,
+            } => {
+                tracing::info!(?node, ?log, ?db, ?persister, "effective configuration");
+                let url = db
+                    .database_url
+                    .as_ref()
+                    .context("the persister needs DATABASE_URL")?;
+                let store = connect_db(url).await?;
+                let event_log = connect(&log, "persister").await?;
+                let namespace = log.namespace.clone();
+                serve("persister", &node, &log, event_log, |cx| async move {
+                    Persister::new(persister, cx.log, cx.subjects, store, namespace).start(
+                        &cx.tasks,
+                        cx.shutdown,
+                        cx.readiness,
+                    );
                     Ok(vec![])
                 })
                 .await
@@ -192,6 +257,12 @@ async fn connect(log: &LogArgs, role: &str) -> anyhow::Result<Arc<dyn EventLog>>
         .await
         .with_context(|| format!("connecting the {role} to NATS (set NATS_URL)"))?;
     Ok(Arc::new(event_log))
+}
+
+async fn connect_db(url: &Secret) -> anyhow::Result<Store> {
+    Store::connect(url.expose())
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL) and applying migrations")
 }
 
 /// What a role needs to start.

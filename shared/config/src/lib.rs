@@ -72,6 +72,14 @@ fn parse_namespace(raw: &str) -> Result<String, String> {
     }
 }
 
+/// Where PostgreSQL is (persistence is off without it, where a role allows that).
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL, e.g. `postgres://user:password@127.0.0.1:5432/presence` (masked when printed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+}
+
 /// A value that must never be printed: shows as `****` (or `<unset>`) in effective-config output.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);

@@ -158,20 +158,35 @@ pub async fn publish_durable(log: &dyn EventLog, msg: Outgoing) -> Result<u64, L
     log.publish(msg).await?.await
 }
 
-/// Appends `messages` in order and waits until all are durable, retrying the whole batch
-/// (de-duplicated by message id, so nothing is stored twice) with backoff until it succeeds
-/// or `shutdown` is cancelled. Returns `false` only when cancelled before success.
+/// Appends `messages` in order and waits until all are durable, retrying with backoff until
+/// it succeeds or `shutdown` is cancelled. Returns `false` only when cancelled before success.
+///
+/// The first attempt pipelines the whole batch. After a failure the rest is appended one at
+/// a time from the first message that failed, each waiting for its ack, so a retried message
+/// can only land after later ones if those were already stored (and a retry of a stored
+/// message is dropped as a duplicate by its id).
 pub async fn publish_all_durable(
     log: &dyn EventLog,
     messages: &[Outgoing],
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
+    let mut from = match pipelined(log, messages).await {
+        Ok(()) => return true,
+        Err((index, e)) => {
+            tracing::warn!(error = %e, count = messages.len() - index, "publish failed; retrying");
+            index
+        }
+    };
     let mut backoff = Duration::from_millis(50);
-    loop {
-        match try_publish_all(log, messages).await {
-            Ok(()) => return true,
+    while from < messages.len() {
+        match publish_durable(log, messages[from].clone()).await {
+            Ok(_) => {
+                from += 1;
+                backoff = Duration::from_millis(50);
+                continue;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, count = messages.len(), retry_in = ?backoff, "publish failed; retrying");
+                tracing::warn!(error = %e, retry_in = ?backoff, "publish failed; retrying");
             }
         }
         tokio::select! {
@@ -180,12 +195,20 @@ pub async fn publish_all_durable(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    true
 }
 
-async fn try_publish_all(log: &dyn EventLog, messages: &[Outgoing]) -> Result<(), LogError> {
+/// Sends all, then waits for all; on failure, the index of the first message not known durable.
+async fn pipelined(log: &dyn EventLog, messages: &[Outgoing]) -> Result<(), (usize, LogError)> {
     let mut acks = Vec::with_capacity(messages.len());
-    for msg in messages {
-        acks.push(log.publish(msg.clone()).await?);
+    for (i, msg) in messages.iter().enumerate() {
+        match log.publish(msg.clone()).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => return Err((i, e)),
+        }
     }
-    futures::future::try_join_all(acks).await.map(|_| ())
+    for (i, ack) in acks.into_iter().enumerate() {
+        ack.await.map_err(|e| (i, e))?;
+    }
+    Ok(())
 }

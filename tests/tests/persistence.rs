@@ -1,0 +1,123 @@
+//! Persistence end to end: real `presence` processes, real NATS JetStream and a real
+//! PostgreSQL (a fresh database per test); the rows of the presence projection are read
+//! back with SQL.
+
+use std::time::{Duration, Instant};
+
+use presence_e2e::{Deployment, Mode, connect, expect_update, http};
+use serde_json::json;
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// (status, online, last_seen in ms) of a user's row, if any.
+async fn row(pool: &PgPool, user: &str) -> Option<(String, bool, Option<i64>)> {
+    sqlx::query_as(
+        "SELECT status, online, (extract(epoch from last_seen) * 1000)::int8
+         FROM presence WHERE tenant = 'default' AND user_id = $1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .expect("reading the presence row")
+}
+
+/// Polls until the row of `user` says `online`; returns how long it took.
+async fn until_row(pool: &PgPool, user: &str, online: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if row(pool, user).await.is_some_and(|(_, o, _)| o == online) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "row of {user} not online={online} within {within:?}: {:?}",
+            row(pool, user).await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn rows_written(admin: &str) -> f64 {
+    let text = http("GET", &format!("{admin}/metrics"), &[], None)
+        .await
+        .expect("scraping the persister")
+        .body;
+    text.lines()
+        .filter(|l| l.starts_with("presence_persister_rows_written_total"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn connect_and_disconnect_reach_the_database_in_time(mode: Mode) {
+    let d = Deployment::with_persistence(mode, &[]).await.unwrap();
+    let pool = PgPool::connect(d.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let mut observer = connect(&d.b, "fatma", "female").await.unwrap();
+    let ayse = connect(&d.a, "ayse", "female").await.unwrap();
+    // Online transitions are debounced for 2 s: the row follows within 3 s.
+    until_row(&pool, "ayse", true, Duration::from_secs(3)).await;
+    ayse.disconnect().await;
+    let update = expect_update(&mut observer, "ayse", "offline", WAIT)
+        .await
+        .unwrap();
+    // Offline is written at once: within 1 s of the change.
+    until_row(&pool, "ayse", false, Duration::from_secs(1)).await;
+    let (status, _, last_seen) = row(&pool, "ayse").await.unwrap();
+    assert_eq!(status, "offline");
+    assert!(last_seen.is_some(), "lastSeen not stored");
+    // And an offline user's lastSeen is served.
+    let ack = observer
+        .emit_with_ack("presence:query", json!({"userIds": ["ayse"]}), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(ack["presence"][0]["online"], false);
+    assert_eq!(ack["presence"][0]["lastSeen"], update["lastSeen"]);
+    assert!(ack["presence"][0]["lastSeen"].is_string());
+}
+
+#[tokio::test]
+async fn cluster_rows_follow_connect_and_disconnect() {
+    connect_and_disconnect_reach_the_database_in_time(Mode::Cluster).await;
+}
+
+#[tokio::test]
+async fn standalone_rows_follow_connect_and_disconnect() {
+    connect_and_disconnect_reach_the_database_in_time(Mode::Standalone).await;
+}
+
+#[tokio::test]
+async fn twenty_flaps_in_two_seconds_cost_a_handful_of_writes_and_end_correct() {
+    let mut d = Deployment::with_persistence(Mode::Cluster, &[])
+        .await
+        .unwrap();
+    let pool = PgPool::connect(d.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let admin = d.proc("persister").admin.clone();
+    let mut observer = connect(&d.b, "fatma", "female").await.unwrap();
+    // Let the observer's own row settle first.
+    until_row(&pool, "fatma", true, Duration::from_secs(3)).await;
+    let before = rows_written(&admin).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        let flapper = connect(&d.a, "flappy", "female").await.unwrap();
+        flapper.disconnect().await;
+    }
+    let took = started.elapsed();
+    expect_update(&mut observer, "flappy", "offline", WAIT)
+        .await
+        .unwrap();
+    // Past the debounce window, every write has happened.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let writes = rows_written(&admin).await - before;
+    println!("20 flaps in {took:?} cost {writes} row writes");
+    assert!(
+        (1.0..=5.0).contains(&writes),
+        "{writes} writes for 20 flaps in {took:?}"
+    );
+    let (status, online, last_seen) = row(&pool, "flappy").await.unwrap();
+    assert_eq!((status.as_str(), online), ("offline", false));
+    assert!(last_seen.is_some());
+}
