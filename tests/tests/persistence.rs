@@ -121,3 +121,125 @@ async fn twenty_flaps_in_two_seconds_cost_a_handful_of_writes_and_end_correct() 
     assert_eq!((status.as_str(), online), ("offline", false));
     assert!(last_seen.is_some());
 }
+
+async fn metric(admin: &str, name: &str) -> f64 {
+    let text = http("GET", &format!("{admin}/metrics"), &[], None)
+        .await
+        .expect("scraping metrics")
+        .body;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Polls `presence:query` until the online users among `users` are exactly `expected`.
+async fn until_online_set(
+    observer: &presence_sio_client::SioClient,
+    users: &[String],
+    expected: &std::collections::BTreeSet<String>,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ack = observer
+            .emit_with_ack("presence:query", json!({ "userIds": users }), WAIT)
+            .await
+            .unwrap();
+        let online: std::collections::BTreeSet<String> = ack["presence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["online"] == true)
+            .map(|p| p["userId"].as_str().unwrap().to_owned())
+            .collect();
+        if &online == expected {
+            return ack;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "online {online:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_aggregator_killed_under_load_restarts_into_the_state_it_would_have_had() {
+    let env = [("PRESENCE_SNAPSHOT_INTERVAL_MS", "300".to_owned())];
+    let mut d = Deployment::with_persistence(Mode::Cluster, &env)
+        .await
+        .unwrap();
+    let pool = PgPool::connect(d.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let observer = connect(&d.b, "watcher", "female").await.unwrap();
+    let name = |i: usize| format!("u{i}");
+    let users: Vec<String> = (0..16).map(name).collect();
+    let mut clients = std::collections::BTreeMap::new();
+    for i in 0..10 {
+        let edge = if i % 2 == 0 { &d.a } else { &d.b };
+        clients.insert(name(i), connect(edge, &name(i), "female").await.unwrap());
+    }
+    // Let a snapshot be taken with these in it.
+    let aggregator_admin = d.proc("aggregator").admin.clone();
+    let deadline = Instant::now() + WAIT;
+    while metric(&aggregator_admin, "presence_snapshot_sequence").await < 1.0 {
+        assert!(Instant::now() < deadline, "no snapshot saved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The aggregator vanishes mid-workload; the workload goes on while it is away.
+    d.proc("aggregator").kill().await;
+    for i in 0..4 {
+        clients.remove(&name(i)).unwrap().disconnect().await;
+    }
+    for i in 10..14 {
+        clients.insert(name(i), connect(&d.a, &name(i), "female").await.unwrap());
+    }
+    clients[&name(4)]
+        .emit_with_ack("user:status", json!({"status": "live"}), WAIT)
+        .await
+        .unwrap();
+    d.kill_and_restart("aggregator").await.unwrap();
+    clients.remove(&name(10)).unwrap().disconnect().await;
+    clients.insert(name(14), connect(&d.b, &name(14), "female").await.unwrap());
+
+    let expected: std::collections::BTreeSet<String> = clients.keys().cloned().collect();
+    let ack = until_online_set(&observer, &users, &expected).await;
+    assert_eq!(ack["presence"][4]["status"], "live", "{ack}");
+    let restored = metric(
+        &d.proc("aggregator").admin,
+        "presence_snapshot_loaded_sequence",
+    )
+    .await;
+    assert!(
+        restored >= 1.0,
+        "the new aggregator did not start from the snapshot"
+    );
+
+    // The projection converges to the same set.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT user_id FROM presence WHERE online AND user_id LIKE 'u%' ORDER BY user_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let in_db: std::collections::BTreeSet<String> = rows.into_iter().map(|(u,)| u).collect();
+        if in_db == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "database {in_db:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // And nobody is stuck online once everyone has left.
+    for (_, client) in std::mem::take(&mut clients) {
+        client.disconnect().await;
+    }
+    until_online_set(&observer, &users, &std::collections::BTreeSet::new()).await;
+}

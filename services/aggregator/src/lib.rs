@@ -6,6 +6,7 @@
 //! it an [`EventLog`] (JetStream in a cluster, in-memory in `presence standalone`).
 
 mod consumer;
+mod pairs;
 pub mod sessions;
 pub mod state;
 mod sweeper;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use presence_events::{EventBody, NodeId, Subjects};
 use presence_log::EventLog;
+use presence_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +41,9 @@ pub struct AggregatorConfig {
     /// Weight of the newest count in the EMA.
     #[arg(long, env = "PRESENCE_EMA_ALPHA", default_value_t = 0.2, value_parser = parse_alpha)]
     pub ema_alpha: f64,
+    /// How often the fold state is saved to PostgreSQL, when DATABASE_URL is set (ms).
+    #[arg(long, env = "PRESENCE_SNAPSHOT_INTERVAL_MS", default_value_t = 30_000)]
+    pub snapshot_interval_ms: u64,
 }
 
 fn parse_alpha(raw: &str) -> Result<f64, String> {
@@ -54,6 +59,7 @@ pub struct Aggregator {
     log: Arc<dyn EventLog>,
     subjects: Subjects,
     node: NodeId,
+    snapshots: Option<consumer::Snapshots>,
 }
 
 impl Aggregator {
@@ -69,7 +75,18 @@ impl Aggregator {
             log,
             subjects,
             node,
+            snapshots: None,
         }
+    }
+
+    /// Saves the fold state to `store` (under `namespace`) and restores it on start.
+    pub fn with_snapshots(mut self, store: Store, namespace: String) -> Self {
+        self.snapshots = Some(consumer::Snapshots {
+            store,
+            namespace,
+            every: Duration::from_millis(self.config.snapshot_interval_ms),
+        });
+        self
     }
 
     /// Starts folding and sweeping on `tasks`; both stop when `shutdown` is cancelled.
@@ -80,6 +97,7 @@ impl Aggregator {
         };
         tasks.spawn(consumer::fold_events(
             fold,
+            self.snapshots,
             self.log.clone(),
             self.subjects.clone(),
             shutdown.clone(),

@@ -27,6 +27,7 @@ struct Customer {
     sessions: HashMap<SessionId, HashMap<TabId, Millis>>,
     /// Tabs that left, and when: a beat or join of theirs from before that (late, from
     /// another edge or a request still in flight) must not bring them back.
+    #[serde(with = "crate::pairs")]
     closed: HashMap<(SessionId, TabId), Millis>,
     ema: Option<f64>,
 }
@@ -86,6 +87,22 @@ impl ActiveUsers {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// Applies the current TTL and alpha (a restored snapshot carries the ones it was made with).
+    pub fn set_settings(&mut self, session_ttl_ms: u64, alpha: f64) {
+        self.session_ttl_ms = session_ttl_ms;
+        self.alpha = alpha;
+    }
+
+    /// The session TTL in force.
+    pub fn session_ttl_ms(&self) -> u64 {
+        self.session_ttl_ms
+    }
+
+    /// The EMA weight in force.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
     }
 
     /// The customer's live session count as of the last tick's bookkeeping (tests, health).

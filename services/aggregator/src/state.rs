@@ -69,6 +69,7 @@ struct Conn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PresenceState {
     heartbeat_timeout_ms: u64,
+    #[serde(with = "crate::pairs")]
     users: HashMap<UserKey, UserPresence>,
     conns: HashMap<ConnId, Conn>,
     /// Recently closed connections and when they closed: late messages of theirs are ignored.
@@ -112,6 +113,16 @@ impl PresenceState {
             last_seq: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// Applies the current heartbeat timeout (a restored snapshot carries the one it was made with).
+    pub fn set_heartbeat_timeout(&mut self, heartbeat_timeout_ms: u64) {
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms;
+    }
+
+    /// The heartbeat timeout in force.
+    pub fn heartbeat_timeout_ms(&self) -> u64 {
+        self.heartbeat_timeout_ms
     }
 
     /// Sequence of the last event folded in (0 before any).

@@ -54,7 +54,8 @@ enum Role {
         #[command(flatten)]
         edge: EdgeConfig,
     },
-    /// The aggregator: folds events into presence, sweeps, publishes changes.
+    /// The aggregator: folds events into presence, sweeps, publishes changes; with
+    /// DATABASE_URL it snapshots its state and restarts from the newest snapshot.
     Aggregator {
         #[command(flatten)]
         node: NodeArgs,
@@ -62,6 +63,8 @@ enum Role {
         log: LogArgs,
         #[command(flatten)]
         aggregator: AggregatorConfig,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// The persister: writes debounced presence snapshots to PostgreSQL (needs DATABASE_URL).
     Persister {
@@ -105,6 +108,7 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_EVENTS_MAX_BYTES      event stream size limit                 [1073741824]
   DATABASE_URL                   PostgreSQL (persister; optional for standalone)
   PRESENCE_ONLINE_DEBOUNCE_MS    online writes coalesce for              [2000]
+  PRESENCE_SNAPSHOT_INTERVAL_MS  aggregator snapshot period (with DB)    [30000]
   JWT_SECRET                     HS256 secret (masked when printed)
   JWT_ALGORITHM                  HS256 | RS256                           [HS256]
   JWT_PUBLIC_KEY_FILE            RSA public key (PEM) for RS256
@@ -139,11 +143,20 @@ impl Cli {
                 persister,
             } => {
                 tracing::info!(?node, ?edge, ?aggregator, ?db, ?persister, namespace = %log.namespace, "effective configuration");
-                let event_log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
                 let store = match &db.database_url {
                     Some(url) => Some(connect_db(url).await?),
                     None => None,
                 };
+                // The in-memory log starts empty; with a database kept from an earlier run its
+                // sequences continue after everything that run wrote.
+                let first = match &store {
+                    Some(store) => store
+                        .highest_sequence()
+                        .await
+                        .context("reading the highest stored sequence")?,
+                    None => 0,
+                };
+                let event_log: Arc<dyn EventLog> = Arc::new(MemoryLog::starting_after(first));
                 let namespace = log.namespace.clone();
                 serve("standalone", &node, &log, event_log, |cx| async move {
                     Aggregator::new(
@@ -190,12 +203,21 @@ impl Cli {
                 node,
                 log,
                 aggregator,
+                db,
             } => {
-                tracing::info!(?node, ?log, ?aggregator, "effective configuration");
+                tracing::info!(?node, ?log, ?aggregator, ?db, "effective configuration");
+                let store = match &db.database_url {
+                    Some(url) => Some(connect_db(url).await?),
+                    None => None,
+                };
                 let event_log = connect(&log, "aggregator").await?;
+                let namespace = log.namespace.clone();
                 serve("aggregator", &node, &log, event_log, |cx| async move {
-                    Aggregator::new(aggregator, cx.log, cx.subjects, cx.node)
-                        .start(&cx.tasks, cx.shutdown);
+                    let mut role = Aggregator::new(aggregator, cx.log, cx.subjects, cx.node);
+                    if let Some(store) = store {
+                        role = role.with_snapshots(store, namespace);
+                    }
+                    role.start(&cx.tasks, cx.shutdown);
                     cx.readiness.set(true);
                     Ok(vec![])
                 })

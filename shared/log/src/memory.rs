@@ -19,6 +19,8 @@ use crate::{
 #[derive(Clone, Default)]
 pub struct MemoryLog {
     streams: Arc<Mutex<Vec<MemStream>>>,
+    /// Sequences of every stream start after this.
+    base_seq: u64,
 }
 
 struct Stored {
@@ -42,6 +44,16 @@ impl MemoryLog {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty log whose sequences start after `seq`: a process that restarts with the same
+    /// database keeps its sequences growing, so rows written by the previous run (which carry
+    /// its sequences) are never mistaken for newer ones.
+    pub fn starting_after(seq: u64) -> Self {
+        Self {
+            streams: Arc::default(),
+            base_seq: seq,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<MemStream>> {
@@ -202,12 +214,12 @@ impl EventLog for MemoryLog {
                 streams.push(MemStream {
                     spec,
                     messages: BTreeMap::new(),
-                    last_seq: 0,
+                    last_seq: self.base_seq,
                     bytes: 0,
                     last_by_subject: HashMap::new(),
                     recent_ids: HashMap::new(),
                     recent_order: VecDeque::new(),
-                    appended: watch::Sender::new(0),
+                    appended: watch::Sender::new(self.base_seq),
                 });
             }
             Ok(())

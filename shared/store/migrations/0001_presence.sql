@@ -35,10 +35,11 @@ CREATE TABLE consumer_offsets (
     PRIMARY KEY (namespace, consumer)
 );
 
--- The aggregator's newest snapshot: its whole fold state as of event-log sequence `seq`.
+-- The aggregator's newest snapshot: its whole fold state (JSON, kept as text so numbers
+-- come back bit for bit) as of event-log sequence `seq`.
 CREATE TABLE aggregator_snapshots (
     namespace   text        PRIMARY KEY,
     seq         bigint      NOT NULL,
-    state       jsonb       NOT NULL,
+    state       text        NOT NULL,
     saved_at    timestamptz NOT NULL DEFAULT now()
 );

@@ -84,6 +84,20 @@ impl Store {
         Ok(store)
     }
 
+    /// The highest sequence recorded anywhere (rows, offsets, snapshots): an in-memory log
+    /// starting after it never reuses a sequence the database has seen.
+    pub async fn highest_sequence(&self) -> Result<u64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT GREATEST(
+                (SELECT max(seq) FROM presence),
+                (SELECT max(stream_seq) FROM consumer_offsets),
+                (SELECT max(seq) FROM aggregator_snapshots))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
@@ -196,7 +210,7 @@ impl Store {
         state: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO aggregator_snapshots (namespace, seq, state) VALUES ($1, $2, $3::jsonb)
+            "INSERT INTO aggregator_snapshots (namespace, seq, state) VALUES ($1, $2, $3)
              ON CONFLICT (namespace) DO UPDATE SET seq = EXCLUDED.seq, state = EXCLUDED.state, saved_at = now()
              WHERE aggregator_snapshots.seq < EXCLUDED.seq",
         )
@@ -213,12 +227,11 @@ impl Store {
         &self,
         namespace: &str,
     ) -> Result<Option<(u64, String)>, StoreError> {
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT seq, state::text FROM aggregator_snapshots WHERE namespace = $1",
-        )
-        .bind(namespace)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, state FROM aggregator_snapshots WHERE namespace = $1")
+                .bind(namespace)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|(seq, state)| (seq.max(0) as u64, state)))
     }
 
