@@ -432,3 +432,19 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A service-role token of the `default` tenant.
+pub fn service_token() -> String {
+    let claims = presence_auth::Claims {
+        sub: "backend".to_owned(),
+        exp: now_secs() + 3600,
+        role: Some("service".to_owned()),
+        ..Default::default()
+    };
+    presence_auth::sign_hs256(&claims, SECRET.as_bytes()).expect("signing a test token")
+}
+
+/// `Authorization: Bearer <token>`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}

@@ -192,6 +192,24 @@ impl PresenceState {
                 let key = user_key(tenant, user);
                 self.set_status(&cx, key, class, *conn, *status, details, &mut changes);
             }
+            EventBody::ServiceStatus {
+                tenant,
+                user,
+                status,
+                details,
+            } => {
+                // Only a connected user has a status to set; offline stays offline.
+                if let Some(presence) = self.users.get_mut(&user_key(tenant, user))
+                    && presence.online()
+                {
+                    let status = Status::from(*status);
+                    if presence.status != status || presence.details != *details {
+                        presence.status = status;
+                        presence.details = details.clone();
+                        changes.push(cx.change(&user_key(tenant, user), presence, Cause::Status));
+                    }
+                }
+            }
             EventBody::Tick => self.sweep_silent_connections(&cx, &mut changes),
             // Active-user sessions are folded by `sessions::ActiveUsers`.
             EventBody::SessionJoin { .. }
@@ -559,6 +577,25 @@ mod tests {
         assert_eq!(changes[0].status, Status::Offline);
         let changes = s.apply(5, join("ayse", ConnId::new()));
         assert_eq!(changes[0].status, Status::Online);
+    }
+
+    #[test]
+    fn a_service_sets_the_status_of_a_connected_user_only() {
+        let mut s = Script::new();
+        let service = |status| EventBody::ServiceStatus {
+            tenant: TenantId::default_tenant(),
+            user: uid("ayse"),
+            status,
+            details: None,
+        };
+        assert!(s.apply(0, service(SetStatus::Live)).is_empty());
+        assert!(!s.online("ayse"));
+        s.apply(1, join("ayse", ConnId::new()));
+        let changes = s.apply(2, service(SetStatus::Live));
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Live, true, Cause::Status)]
+        );
     }
 
     #[test]

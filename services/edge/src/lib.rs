@@ -7,7 +7,9 @@ mod active_http;
 mod active_protocol;
 mod active_users;
 mod active_ws;
+mod api;
 mod beats;
+mod directory;
 mod fanout;
 mod metrics_hub;
 mod publisher;
@@ -29,6 +31,7 @@ use presence_auth::{KeyError, Verifier};
 use presence_config::{Environment, Secret};
 use presence_events::{NodeId, Subjects};
 use presence_log::EventLog;
+use presence_store::Store;
 use presence_telemetry::Readiness;
 use serde::Serialize;
 use socketioxide::SocketIo;
@@ -36,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::active_users::ActiveUsersContext;
+use crate::api::ApiContext;
 use crate::beats::BeatBatcher;
+use crate::directory::Directory;
 use crate::metrics_hub::MetricsHub;
 use crate::publisher::EventPublisher;
 pub use crate::rate_limit::RateLimitConfig;
@@ -122,6 +127,7 @@ pub struct Edge {
     log: Arc<dyn EventLog>,
     subjects: Subjects,
     node: NodeId,
+    store: Option<Store>,
 }
 
 #[derive(Clone)]
@@ -145,7 +151,14 @@ impl Edge {
             log,
             subjects,
             node,
+            store: None,
         }
+    }
+
+    /// Uses `store` for the user directory, search and `check-online-status`.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     fn verifier(&self) -> Result<Option<Verifier>, EdgeError> {
@@ -213,6 +226,18 @@ impl Edge {
         let view = Arc::new(PresenceView::default());
         let local = Arc::new(LocalConnections::default());
         let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
+        let directory = self
+            .store
+            .clone()
+            .map(|store| Directory::start(store, tasks, shutdown.clone()));
+        let api = Arc::new(ApiContext {
+            verifier: verifier.clone(),
+            environment: self.environment,
+            view: view.clone(),
+            policy: self.config.visibility_rules.clone(),
+            publisher: publisher.clone(),
+            store: self.store.clone(),
+        });
         socket::register(
             &io,
             Arc::new(SocketContext {
@@ -220,6 +245,7 @@ impl Edge {
                     verifier,
                     insecure: self.insecure(),
                 },
+                directory,
                 publisher,
                 beats,
                 view: view.clone(),
@@ -243,6 +269,7 @@ impl Edge {
             .route("/api/health", get(health))
             .with_state(HttpState { view, local })
             .merge(active_users::routes(active))
+            .merge(api_routes(api))
             .layer(layer);
         let listener = tokio::net::TcpListener::bind(&self.config.http_addr)
             .await
@@ -272,6 +299,19 @@ impl Edge {
         });
         Ok(local_addr)
     }
+}
+
+fn api_routes(api: Arc<ApiContext>) -> Router {
+    use axum::routing::{post, put};
+    Router::new()
+        .route("/api/presence/online", get(api::online))
+        .route("/api/presence/batch", post(api::batch))
+        .route("/api/presence/{user}", get(api::get_presence))
+        .route("/api/presence/{user}/status", put(api::set_status))
+        .route("/api/users/search", get(api::search))
+        .route("/api/users/{user}", put(api::put_user))
+        .route("/api/check-online-status", get(api::check_online_status))
+        .with_state(api)
 }
 
 /// Keeps per-client and per-customer memory bounded: rate-limit keys idle for a full window

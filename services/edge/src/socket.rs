@@ -22,6 +22,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 
 use crate::beats::BeatBatcher;
+use crate::directory::Directory;
 use crate::publisher::EventPublisher;
 use crate::view::{PresenceUpdate, PresenceView};
 use crate::visibility::{VisibilityPolicy, viewer_room};
@@ -73,6 +74,8 @@ impl LocalConnections {
 /// What the Socket.io handlers share.
 pub(crate) struct SocketContext {
     pub(crate) auth: Authenticator,
+    /// Where connected users are recorded, when there is a database.
+    pub(crate) directory: Option<Directory>,
     pub(crate) publisher: EventPublisher,
     pub(crate) beats: BeatBatcher,
     pub(crate) view: Arc<PresenceView>,
@@ -259,6 +262,9 @@ impl SocketContext {
         if let Err(e) = self.publisher.publish(join).await {
             tracing::warn!(error = %e, "could not append a join; refusing the connection");
             return Err(HandshakeError::Unavailable);
+        }
+        if let Some(directory) = &self.directory {
+            directory.saw(id);
         }
         s.join(viewer_room(&id.tenant, &id.class));
         self.install_handlers(s, &session);

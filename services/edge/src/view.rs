@@ -127,6 +127,60 @@ impl PresenceView {
             .collect()
     }
 
+    /// Online users of `tenant` a viewer of class `viewer` may see, by user id, after `after`.
+    pub(crate) fn online_visible(
+        &self,
+        policy: &VisibilityPolicy,
+        viewer: &ViewerClass,
+        tenant: &TenantId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Vec<PresenceUpdate> {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let mut visible: Vec<(&UserKey, &Entry)> = known
+            .iter()
+            .filter(|(k, e)| {
+                e.online
+                    && &k.tenant == tenant
+                    && after.is_none_or(|a| &k.user > a)
+                    && policy.can_see(viewer, &e.class)
+            })
+            .collect();
+        visible.sort_unstable_by(|a, b| a.0.user.cmp(&b.0.user));
+        visible
+            .into_iter()
+            .take(limit)
+            .map(|(k, e)| PresenceUpdate {
+                user_id: k.user.clone(),
+                status: e.status,
+                online: e.online,
+                last_seen: e.last_seen.map(format_rfc3339),
+                details: e.details.clone(),
+            })
+            .collect()
+    }
+
+    /// Every online user with their status (for comparing with the database).
+    pub(crate) fn online_users_with_status(&self) -> Vec<(UserKey, Status)> {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        known
+            .iter()
+            .filter(|(_, e)| e.online)
+            .map(|(k, e)| (k.clone(), e.status))
+            .collect()
+    }
+
+    /// Whether the user is known and online.
+    pub(crate) fn is_online(&self, tenant: &TenantId, user: &UserId) -> bool {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        known
+            .get(&UserKey {
+                tenant: tenant.clone(),
+                user: user.clone(),
+            })
+            .is_some_and(|e| e.online)
+    }
+
     /// Users online across the cluster, as far as this edge knows.
     pub(crate) fn online_users(&self) -> usize {
         let known = self.users.read().unwrap_or_else(|e| e.into_inner());

@@ -59,6 +59,13 @@ impl VisibilityPolicy {
         Ok(Self { rules })
     }
 
+    /// A policy under which every class sees everyone (service callers).
+    pub fn everyone() -> Self {
+        Self {
+            rules: BTreeMap::new(),
+        }
+    }
+
     /// Whether a viewer of class `viewer` may see a user of class `target`.
     pub fn can_see(&self, viewer: &ViewerClass, target: &ViewerClass) -> bool {
         match self.rules.get(viewer) {

@@ -46,6 +46,7 @@ enum Role {
         persister: PersisterConfig,
     },
     /// An edge: Socket.io / WebSocket / HTTP in, events to JetStream, changes out to sockets.
+    /// With DATABASE_URL it also records users and serves search and check-online-status.
     Edge {
         #[command(flatten)]
         node: NodeArgs,
@@ -53,6 +54,8 @@ enum Role {
         log: LogArgs,
         #[command(flatten)]
         edge: EdgeConfig,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// The aggregator: folds events into presence, sweeps, publishes changes; with
     /// DATABASE_URL it snapshots its state and restarts from the newest snapshot.
@@ -166,35 +169,42 @@ impl Cli {
                         cx.node.clone(),
                     )
                     .start(&cx.tasks, cx.shutdown.clone());
+                    let mut role = Edge::new(
+                        edge,
+                        node.environment,
+                        cx.log.clone(),
+                        cx.subjects.clone(),
+                        cx.node,
+                    );
                     if let Some(store) = store {
                         // In one process, readiness is the edge's.
-                        Persister::new(
-                            persister,
-                            cx.log.clone(),
-                            cx.subjects.clone(),
-                            store,
-                            namespace,
-                        )
-                        .start(
-                            &cx.tasks,
-                            cx.shutdown.clone(),
-                            Readiness::default(),
-                        );
+                        Persister::new(persister, cx.log, cx.subjects, store.clone(), namespace)
+                            .start(&cx.tasks, cx.shutdown.clone(), Readiness::default());
+                        role = role.with_store(store);
                     }
-                    let http = Edge::new(edge, node.environment, cx.log, cx.subjects, cx.node)
-                        .start(&cx.tasks, cx.shutdown, cx.readiness)
-                        .await?;
+                    let http = role.start(&cx.tasks, cx.shutdown, cx.readiness).await?;
                     Ok(vec![("public", http)])
                 })
                 .await
             }
-            Role::Edge { node, log, edge } => {
-                tracing::info!(?node, ?log, ?edge, "effective configuration");
+            Role::Edge {
+                node,
+                log,
+                edge,
+                db,
+            } => {
+                tracing::info!(?node, ?log, ?edge, ?db, "effective configuration");
+                let store = match &db.database_url {
+                    Some(url) => Some(connect_db(url).await?),
+                    None => None,
+                };
                 let event_log = connect(&log, "edge").await?;
                 serve("edge", &node, &log, event_log, |cx| async move {
-                    let http = Edge::new(edge, node.environment, cx.log, cx.subjects, cx.node)
-                        .start(&cx.tasks, cx.shutdown, cx.readiness)
-                        .await?;
+                    let mut role = Edge::new(edge, node.environment, cx.log, cx.subjects, cx.node);
+                    if let Some(store) = store {
+                        role = role.with_store(store);
+                    }
+                    let http = role.start(&cx.tasks, cx.shutdown, cx.readiness).await?;
                     Ok(vec![("public", http)])
                 })
                 .await

@@ -78,6 +78,18 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         details: Option<Details>,
     },
+    /// A backend service (service-role token) set the status of a connected user.
+    ServiceStatus {
+        /// Tenant of the user.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The status.
+        status: SetStatus,
+        /// Details of the status.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        details: Option<Details>,
+    },
     /// The aggregator's clock: connections silent for the heartbeat timeout as of `at` are swept.
     /// Written to the log so that a replay sweeps at exactly the same points.
     Tick,
@@ -222,6 +234,7 @@ impl EventBody {
             EventBody::Beat { .. } => "beat",
             EventBody::Leave { .. } => "leave",
             EventBody::Status { .. } => "status",
+            EventBody::ServiceStatus { .. } => "service_status",
             EventBody::Tick => "tick",
             EventBody::SessionJoin { .. } => "session_join",
             EventBody::SessionBeat { .. } => "session_beat",
