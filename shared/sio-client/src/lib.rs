@@ -73,10 +73,15 @@ impl SioClient {
             }
         }
         sink.send(Message::text(format!("40{auth}"))).await?;
+        // Events may arrive before the CONNECT packet (the server puts the socket in its rooms
+        // first); like the official client, keep them for after the connection.
+        let mut early = Vec::new();
         let sid = loop {
             let text = next_text(&mut stream).await?;
             if text == "2" {
                 sink.send(Message::text("3")).await?;
+            } else if text.starts_with("42") {
+                early.push(text);
             } else if let Some(body) = text.strip_prefix("40") {
                 let v: Value = serde_json::from_str(body)
                     .map_err(|e| SioError::Protocol(format!("connect packet: {e}")))?;
@@ -98,6 +103,9 @@ impl SioClient {
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (events_tx, events) = mpsc::unbounded_channel();
         let acks: Acks = Arc::default();
+        for text in early {
+            dispatch(&text, &out, &events_tx, &acks);
+        }
         let writer = tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
                 let closing = matches!(msg, Message::Close(_));
