@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: run build test test-unit lint fmt interop-deps bench-persister
+.PHONY: run build test test-unit lint fmt interop-deps bench-persister check-infra
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -31,3 +31,7 @@ fmt:
 bench-persister: ## rows/s of the persister on a burst of 10,000 changes (real NATS + PostgreSQL)
 	$(CARGO) build --release -p presence -p presence-e2e
 	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-persister 10000
+
+check-infra: ## the compose file and the load balancer configuration are valid
+	docker-compose -f infra/docker-compose.yml config -q
+	haproxy -c -q -f infra/haproxy.cfg

@@ -69,7 +69,10 @@ impl Proc {
     /// Starts `presence <role>` with `env` and waits for its ready banner.
     pub async fn start(role: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(presence_bin()?);
+        // Only what the test asks for: the run's own server URLs are not for every process.
         cmd.arg(role)
+            .env_remove("DATABASE_URL")
+            .env_remove("NATS_URL")
             .env("PRESENCE_HTTP_ADDR", "127.0.0.1:0")
             .env("PRESENCE_ADMIN_ADDR", "127.0.0.1:0")
             .env("JWT_SECRET", SECRET)
@@ -252,6 +255,16 @@ impl Deployment {
             .find(|(r, _, _)| r == role)
             .map(|(_, _, p)| p)
             .unwrap_or_else(|| panic!("no {role} in this deployment"))
+    }
+
+    /// The admin URL of the `n`th edge (0 is edge A).
+    pub fn edge_admin(&self, n: usize) -> String {
+        self.procs
+            .iter()
+            .filter(|(r, _, _)| r == "edge" || r == "standalone")
+            .nth(n)
+            .map(|(_, _, p)| p.admin.clone())
+            .unwrap_or_else(|| panic!("no edge {n}"))
     }
 
     /// SIGKILLs the first process of `role` and starts another in its place.

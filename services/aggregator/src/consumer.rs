@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use presence_events::{Event, Subjects};
+use presence_events::{ClusterStats, Event, Millis, SCHEMA_VERSION, Subjects};
 use presence_log::{EventLog, Outgoing, StartAt, publish_all_durable};
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +108,7 @@ pub(crate) async fn fold_events(
     let mut saved = SavePoint {
         seq: state.presence.last_seq(),
         at: std::time::Instant::now(),
+        started_at: Millis::now(),
     };
     let stream = subjects.events_stream();
     let mut backoff = Duration::from_millis(100);
@@ -152,6 +153,8 @@ pub(crate) async fn fold_events(
 struct SavePoint {
     seq: u64,
     at: std::time::Instant,
+    /// When this aggregator started (reported in the cluster figures).
+    started_at: Millis,
 }
 
 /// Folds deliveries until the subscription ends or shutdown.
@@ -164,6 +167,7 @@ async fn fold_until_interrupted(
     saved: &mut SavePoint,
     shutdown: &CancellationToken,
 ) {
+    let started_at = saved.started_at;
     let mut batches = deliveries.ready_chunks(BATCH);
     loop {
         let batch = tokio::select! {
@@ -195,6 +199,7 @@ async fn fold_until_interrupted(
                             payload: Bytes::from(metrics.encode()),
                         });
                     }
+                    let tick = matches!(event.body, presence_events::EventBody::Tick);
                     for change in state.presence.apply(delivered.seq, &event) {
                         metrics::counter!("presence_changes_total", "cause" => change.cause.as_str())
                             .increment(1);
@@ -203,6 +208,9 @@ async fn fold_until_interrupted(
                             msg_id: change.msg_id(),
                             payload: Bytes::from(change.encode()),
                         });
+                    }
+                    if tick {
+                        changes.push(stats_message(subjects, state, delivered.seq, started_at));
                     }
                 }
                 Err(e) => {
@@ -235,6 +243,27 @@ async fn fold_until_interrupted(
                 saved.seq = state.presence.last_seq();
             }
         }
+    }
+}
+
+/// The cluster figures as of the tick at `seq`, for every edge's `/api/health`.
+fn stats_message(subjects: &Subjects, state: &Fold, seq: u64, started_at: Millis) -> Outgoing {
+    let s = state.presence.stats();
+    let stats = ClusterStats {
+        v: SCHEMA_VERSION,
+        online_users: s.online_users,
+        peak_online: s.peak_online,
+        total_connections: s.total_connections,
+        total_disconnections: s.total_disconnections,
+        total_swepts: s.total_swepts,
+        last_sweep_at: s.last_sweep_at,
+        started_at,
+        seq,
+    };
+    Outgoing {
+        subject: subjects.stats(),
+        msg_id: format!("stats-{seq}"),
+        payload: Bytes::from(stats.encode()),
     }
 }
 

@@ -2,14 +2,11 @@
 //! emits each change as `presence-update` to the viewer-class rooms allowed to see it. The
 //! payload is encoded once per change by the Socket.io layer, whatever the number of sockets.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use futures::StreamExt;
 use presence_events::{PresenceChange, Subjects};
 use presence_log::{EventLog, StartAt};
 use presence_telemetry::Readiness;
 use socketioxide::SocketIo;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::view::{PresenceUpdate, PresenceView};
@@ -27,60 +24,30 @@ pub(crate) struct FanOut {
 impl FanOut {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let stream = self.subjects.changes_stream();
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            // The last change of every user first (the view's starting point), then live ones;
-            // after a resubscription the view skips what it already has.
-            match self
-                .log
-                .subscribe(&stream, StartAt::LastPerSubject, None)
-                .await
-            {
-                Ok(changes) => {
-                    backoff = Duration::from_millis(100);
-                    self.readiness.set(true);
-                    self.deliver(changes, &shutdown).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the changes stream")
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    async fn deliver(&self, mut changes: presence_log::Deliveries, shutdown: &CancellationToken) {
-        loop {
-            let delivered = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = changes.next() => match next {
-                    Some(Ok(d)) => d,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "change delivery failed");
-                        continue;
+        let this = &self;
+        // The last change of every user first (the view's starting point), then live ones;
+        // after a resubscription the view skips what it already has.
+        presence_log::follow_stream(
+            self.log.as_ref(),
+            &stream,
+            StartAt::LastPerSubject,
+            &shutdown,
+            || self.readiness.set(true),
+            |delivered| async move {
+                match PresenceChange::decode(&delivered.payload) {
+                    Ok(change) => {
+                        if this.view.apply(&change) {
+                            this.emit(&change).await;
+                        }
                     }
-                    None => {
-                        tracing::warn!("changes subscription ended; resubscribing");
-                        return;
+                    Err(e) => {
+                        metrics::counter!("presence_changes_rejected_total").increment(1);
+                        tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable change");
                     }
-                },
-            };
-            let change = match PresenceChange::decode(&delivered.payload) {
-                Ok(change) => change,
-                Err(e) => {
-                    metrics::counter!("presence_changes_rejected_total").increment(1);
-                    tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable change");
-                    continue;
                 }
-            };
-            if self.view.apply(&change) {
-                self.emit(&change).await;
-            }
-        }
+            },
+        )
+        .await;
     }
 
     async fn emit(&self, change: &PresenceChange) {

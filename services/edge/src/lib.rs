@@ -9,6 +9,7 @@ mod active_users;
 mod active_ws;
 mod api;
 mod beats;
+mod cluster;
 mod directory;
 mod fanout;
 mod metrics_hub;
@@ -41,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::active_users::ActiveUsersContext;
 use crate::api::ApiContext;
 use crate::beats::BeatBatcher;
+use crate::cluster::ClusterFigures;
 use crate::directory::Directory;
 use crate::metrics_hub::MetricsHub;
 use crate::publisher::EventPublisher;
@@ -132,7 +134,7 @@ pub struct Edge {
 
 #[derive(Clone)]
 struct HttpState {
-    view: Arc<PresenceView>,
+    cluster: Arc<ClusterFigures>,
     local: Arc<LocalConnections>,
 }
 
@@ -224,6 +226,12 @@ impl Edge {
         });
         tasks.spawn(forget_idle_clients(active.clone(), shutdown.clone()));
         let view = Arc::new(PresenceView::default());
+        let cluster = Arc::new(ClusterFigures::default());
+        tasks.spawn(cluster.clone().follow(
+            self.log.clone(),
+            self.subjects.clone(),
+            shutdown.clone(),
+        ));
         let local = Arc::new(LocalConnections::default());
         let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
         let directory = self
@@ -267,7 +275,7 @@ impl Edge {
 
         let app = Router::new()
             .route("/api/health", get(health))
-            .with_state(HttpState { view, local })
+            .with_state(HttpState { cluster, local })
             .merge(active_users::routes(active))
             .merge(api_routes(api))
             .layer(layer);
@@ -332,15 +340,22 @@ async fn forget_idle_clients(active: Arc<ActiveUsersContext>, shutdown: Cancella
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Health {
+    /// `ok`, or `degraded` when the aggregator's figures are missing or older than 30 s.
     status: &'static str,
     presence: PresenceFigures,
     sockets: SocketFigures,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct PresenceFigures {
-    online_users: usize,
+    online_users: u64,
+    peak_online: u64,
+    total_connections: u64,
+    total_disconnections: u64,
+    total_swepts: u64,
+    last_sweep_at: Option<String>,
+    uptime_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -350,13 +365,31 @@ struct SocketFigures {
     connected_users: usize,
 }
 
+/// Cluster figures from the aggregator; socket figures of this edge.
 async fn health(State(state): State<HttpState>) -> Json<Health> {
     let (connected, connected_users) = state.local.counts();
+    let now = presence_events::Millis::now();
+    let (status, presence) = match state.cluster.latest() {
+        Some(s) => {
+            let fresh = s.last_sweep_at.is_some_and(|at| now.since(at) < 30_000);
+            (
+                if fresh { "ok" } else { "degraded" },
+                PresenceFigures {
+                    online_users: s.online_users,
+                    peak_online: s.peak_online,
+                    total_connections: s.total_connections,
+                    total_disconnections: s.total_disconnections,
+                    total_swepts: s.total_swepts,
+                    last_sweep_at: s.last_sweep_at.map(presence_events::format_rfc3339),
+                    uptime_ms: now.since(s.started_at),
+                },
+            )
+        }
+        None => ("degraded", PresenceFigures::default()),
+    };
     Json(Health {
-        status: "ok",
-        presence: PresenceFigures {
-            online_users: state.view.online_users(),
-        },
+        status,
+        presence,
         sockets: SocketFigures {
             connected,
             connected_users,

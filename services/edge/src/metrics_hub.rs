@@ -3,13 +3,10 @@
 //! Fed from the metrics stream, which keeps the last value per customer, so a new edge
 //! answers at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use futures::StreamExt;
 use presence_events::{Millis, Subjects, TenantId, TenantMetrics};
 use presence_log::{EventLog, StartAt};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -95,39 +92,20 @@ impl MetricsHub {
         shutdown: CancellationToken,
     ) {
         let stream = subjects.metrics_stream();
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match log.subscribe(&stream, StartAt::LastPerSubject, None).await {
-                Ok(mut updates) => {
-                    backoff = Duration::from_millis(100);
-                    loop {
-                        let next = tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            next = updates.next() => next,
-                        };
-                        match next {
-                            Some(Ok(delivered)) => {
-                                match TenantMetrics::decode(&delivered.payload) {
-                                    Ok(m) => self.update(&m),
-                                    Err(e) => {
-                                        tracing::error!(error = %e, "skipping undecodable metrics")
-                                    }
-                                }
-                            }
-                            Some(Err(e)) => tracing::warn!(error = %e, "metrics delivery failed"),
-                            None => break,
-                        }
-                    }
+        presence_log::follow_stream(
+            log.as_ref(),
+            &stream,
+            StartAt::LastPerSubject,
+            &shutdown,
+            || {},
+            |delivered| {
+                match TenantMetrics::decode(&delivered.payload) {
+                    Ok(m) => self.update(&m),
+                    Err(e) => tracing::error!(error = %e, "skipping undecodable metrics"),
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the metrics stream")
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+                std::future::ready(())
+            },
+        )
+        .await;
     }
 }

@@ -180,12 +180,6 @@ impl PresenceView {
             })
             .is_some_and(|e| e.online)
     }
-
-    /// Users online across the cluster, as far as this edge knows.
-    pub(crate) fn online_users(&self) -> usize {
-        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
-        known.values().filter(|e| e.online).count()
-    }
 }
 
 #[cfg(test)]
@@ -219,7 +213,7 @@ mod tests {
         let view = PresenceView::default();
         assert!(view.apply(&change("ayse", "female", false, 5)));
         assert!(!view.apply(&change("ayse", "female", true, 4)));
-        assert_eq!(view.online_users(), 0);
+        assert!(view.online_users_with_status().is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(crate) async fn ensure_streams(
     for (name, subject) in [
         (subjects.changes_stream(), subjects.changes_wildcard()),
         (subjects.metrics_stream(), subjects.metrics_wildcard()),
+        (subjects.stats_stream(), subjects.stats()),
     ] {
         log.ensure_stream(StreamSpec {
             name,

@@ -52,6 +52,16 @@ impl Subjects {
         format!("{}.metrics.{tenant}", self.namespace)
     }
 
+    /// Name of the stream of cluster figures (`PRESENCE_STATS`).
+    pub fn stats_stream(&self) -> String {
+        format!("{}_STATS", self.namespace.to_ascii_uppercase())
+    }
+
+    /// The subject of the cluster figures (`presence.stats`); the stream keeps the last.
+    pub fn stats(&self) -> String {
+        format!("{}.stats", self.namespace)
+    }
+
     /// All change subjects (`presence.changes.>`).
     pub fn changes_wildcard(&self) -> String {
         format!("{}.changes.>", self.namespace)

@@ -1,0 +1,45 @@
+//! Cluster-wide presence figures, published by the aggregator on every sweep tick and served
+//! by every edge's `/api/health`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+
+/// The aggregator's figures as of one sweep tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// Schema version.
+    pub v: u16,
+    /// Users online now.
+    pub online_users: u64,
+    /// Most users online at once.
+    pub peak_online: u64,
+    /// Connections opened.
+    pub total_connections: u64,
+    /// Connections closed by a leave.
+    pub total_disconnections: u64,
+    /// Connections swept for silence.
+    pub total_swepts: u64,
+    /// Event time of the latest sweep.
+    pub last_sweep_at: Option<Millis>,
+    /// When the aggregator process started.
+    pub started_at: Millis,
+    /// Event-log sequence of the tick.
+    pub seq: u64,
+}
+
+impl ClusterStats {
+    /// Encodes for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes from the log.
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        let stats: ClusterStats = serde_json::from_slice(bytes)?;
+        if stats.v > crate::SCHEMA_VERSION {
+            return Err(crate::DecodeError::UnsupportedVersion(stats.v));
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,150 @@
+//! Operations: `/api/health` with the cluster's and the answering edge's figures, and every
+//! role's Prometheus `/metrics`, parsed as Prometheus text, moving as a workload runs.
+
+use std::time::{Duration, Instant};
+
+use presence_e2e::{Deployment, Mode, connect, http};
+use prometheus_parse::{Scrape, Value};
+use serde_json::Value as Json;
+
+async fn health(edge: &str) -> Json {
+    let r = http("GET", &format!("{edge}/api/health"), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+async fn until_health(edge: &str, ok: impl Fn(&Json) -> bool) -> Json {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = health(edge).await;
+        if ok(&h) {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "health never matched: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_reports_the_clusters_figures_and_the_answering_edges_sockets() {
+    let d = Deployment::start(Mode::Cluster, &[]).await.unwrap();
+    let mut on_a = Vec::new();
+    for i in 0..3 {
+        on_a.push(connect(&d.a, &format!("a{i}"), "female").await.unwrap());
+    }
+    let _on_b = connect(&d.b, "b0", "male").await.unwrap();
+    let h = until_health(&d.b, |h| {
+        h["presence"]["onlineUsers"] == 4 && h["status"] == "ok"
+    })
+    .await;
+    assert_eq!(h["sockets"]["connected"], 1);
+    assert_eq!(h["sockets"]["connectedUsers"], 1);
+    assert!(h["presence"]["peakOnline"].as_u64().unwrap() >= 4);
+    assert!(h["presence"]["totalConnections"].as_u64().unwrap() >= 4);
+    assert!(h["presence"]["lastSweepAt"].is_string(), "{h}");
+    assert!(h["presence"]["uptimeMs"].as_u64().unwrap() > 0);
+    let a = health(&d.a).await;
+    assert_eq!(
+        (
+            a["sockets"]["connected"].clone(),
+            a["sockets"]["connectedUsers"].clone()
+        ),
+        (3.into(), 3.into())
+    );
+
+    on_a.pop().unwrap().disconnect().await;
+    let h = until_health(&d.b, |h| h["presence"]["onlineUsers"] == 3).await;
+    assert!(h["presence"]["totalDisconnections"].as_u64().unwrap() >= 1);
+    assert_eq!(h["presence"]["peakOnline"], 4);
+}
+
+async fn scrape(admin: &str) -> Scrape {
+    let text = http("GET", &format!("{admin}/metrics"), &[], None)
+        .await
+        .unwrap()
+        .body;
+    // Before a role has recorded anything its text may be empty; it must parse either way.
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text")
+}
+
+/// Sum of a counter (or gauge) over all its label sets.
+fn total(scrape: &Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn every_role_serves_prometheus_text_whose_counters_move_with_the_workload() {
+    let mut d = Deployment::with_persistence(Mode::Cluster, &[])
+        .await
+        .unwrap();
+    let aggregator = d.proc("aggregator").admin.clone();
+    let persister = d.proc("persister").admin.clone();
+    let edge_a = {
+        let h = health(&d.a).await;
+        assert!(h.is_object());
+        d.edge_admin(0)
+    };
+    let before_edge = scrape(&edge_a).await;
+    let before_aggregator = scrape(&aggregator).await;
+    let before_persister = scrape(&persister).await;
+
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(connect(&d.a, &format!("m{i}"), "female").await.unwrap());
+    }
+    for c in clients.drain(..2) {
+        c.disconnect().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let edge = scrape(&edge_a).await;
+        let agg = scrape(&aggregator).await;
+        let per = scrape(&persister).await;
+        let moved = total(&edge, "presence_connections_opened_total")
+            - total(&before_edge, "presence_connections_opened_total")
+            >= 5.0
+            && total(&edge, "presence_events_published_total")
+                > total(&before_edge, "presence_events_published_total")
+            && total(&agg, "presence_events_consumed_total")
+                - total(&before_aggregator, "presence_events_consumed_total")
+                >= 7.0
+            && total(&agg, "presence_changes_total")
+                - total(&before_aggregator, "presence_changes_total")
+                >= 7.0
+            && total(&per, "presence_persister_rows_written_total")
+                - total(&before_persister, "presence_persister_rows_written_total")
+                >= 5.0;
+        if moved {
+            assert_eq!(
+                total(&edge, "presence_connections"),
+                3.0,
+                "open sockets gauge"
+            );
+            for scrape in [&edge, &agg, &per] {
+                assert!(
+                    scrape
+                        .samples
+                        .iter()
+                        .all(|s| s.metric.starts_with("presence_"))
+                );
+                assert!(scrape.docs.is_empty() || scrape.samples.len() > 1);
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters did not move as expected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
