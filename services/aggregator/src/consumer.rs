@@ -248,15 +248,9 @@ async fn fold_until_interrupted(
 
 /// The cluster figures as of the tick at `seq`, for every edge's `/api/health`.
 fn stats_message(subjects: &Subjects, state: &Fold, seq: u64, started_at: Millis) -> Outgoing {
-    let s = state.presence.stats();
     let stats = ClusterStats {
         v: SCHEMA_VERSION,
-        online_users: s.online_users,
-        peak_online: s.peak_online,
-        total_connections: s.total_connections,
-        total_disconnections: s.total_disconnections,
-        total_swepts: s.total_swepts,
-        last_sweep_at: s.last_sweep_at,
+        presence: state.presence.stats().clone(),
         started_at,
         seq,
     };

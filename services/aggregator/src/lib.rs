@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use sessions::ActiveUsers;
-pub use state::{PresenceState, Stats};
+pub use state::PresenceState;
 
 /// Settings of the aggregator.
 #[derive(Debug, Clone, clap::Args)]

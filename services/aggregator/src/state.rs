@@ -14,28 +14,10 @@
 use std::collections::HashMap;
 
 use presence_events::{
-    BeatEntry, Cause, ConnId, Details, Event, EventBody, Millis, PresenceChange, SCHEMA_VERSION,
-    SetStatus, Status, TenantId, UserId, UserKey, ViewerClass,
+    BeatEntry, Cause, ConnId, Details, Event, EventBody, Millis, PresenceChange, PresenceStats,
+    SCHEMA_VERSION, SetStatus, Status, TenantId, UserId, UserKey, ViewerClass,
 };
 use serde::{Deserialize, Serialize};
-
-/// Cluster-wide figures kept by the fold (served by `/api/health`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Stats {
-    /// Users online now.
-    pub online_users: u64,
-    /// Most users online at once.
-    pub peak_online: u64,
-    /// Connections opened.
-    pub total_connections: u64,
-    /// Connections closed by a `leave`.
-    pub total_disconnections: u64,
-    /// Connections swept for silence.
-    pub total_swepts: u64,
-    /// Event time of the latest sweep.
-    pub last_sweep_at: Option<Millis>,
-}
 
 /// A user's presence as the fold knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +57,7 @@ pub struct PresenceState {
     /// Recently closed connections and when they closed: late messages of theirs are ignored.
     closed: HashMap<ConnId, Millis>,
     last_seq: u64,
-    stats: Stats,
+    stats: PresenceStats,
 }
 
 /// Builds the change for `key` in one place so every cause reports the same fields.
@@ -111,7 +93,7 @@ impl PresenceState {
             conns: HashMap::new(),
             closed: HashMap::new(),
             last_seq: 0,
-            stats: Stats::default(),
+            stats: PresenceStats::default(),
         }
     }
 
@@ -131,7 +113,7 @@ impl PresenceState {
     }
 
     /// Cluster-wide figures.
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &PresenceStats {
         &self.stats
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use presence_events::{EventBody, Millis, SessionBeatEntry, TenantId, Transport};
@@ -69,34 +69,36 @@ fn refuse(endpoint: &'static str, e: &InputError, info: Option<RateInfo>) -> Res
     }
 }
 
-/// `POST /presence/join`.
-pub(crate) async fn join(
+/// `POST /presence/{join,beat,leave}`.
+pub(crate) async fn tab_event(
     State(cx): State<Arc<ActiveUsersContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(action): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(&cx, Action::Join, peer, &headers, body).await
-}
-
-/// `POST /presence/beat`.
-pub(crate) async fn beat(
-    State(cx): State<Arc<ActiveUsersContext>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(&cx, Action::Beat, peer, &headers, body).await
-}
-
-/// `POST /presence/leave`.
-pub(crate) async fn leave(
-    State(cx): State<Arc<ActiveUsersContext>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(&cx, Action::Leave, peer, &headers, body).await
+    let action = match action.as_str() {
+        "join" => Action::Join,
+        "beat" => Action::Beat,
+        "leave" => Action::Leave,
+        _ => {
+            let e = InputError::general(
+                "unknown_action",
+                "expected /presence/join, /presence/beat or /presence/leave",
+            );
+            return (
+                StatusCode::NOT_FOUND,
+                Json(ErrorBody {
+                    error: "Not Found",
+                    code: e.code,
+                    message: &e.message,
+                    field: None,
+                }),
+            )
+                .into_response();
+        }
+    };
+    handle(&cx, action, peer, &headers, body).await
 }
 
 async fn handle(

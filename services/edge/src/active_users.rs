@@ -31,9 +31,7 @@ pub(crate) struct ActiveUsersContext {
 pub(crate) fn routes(cx: Arc<ActiveUsersContext>) -> Router {
     Router::new()
         .route("/ws/active-users", get(active_ws::upgrade))
-        .route("/presence/join", post(active_http::join))
-        .route("/presence/beat", post(active_http::beat))
-        .route("/presence/leave", post(active_http::leave))
+        .route("/presence/{action}", post(active_http::tab_event))
         .route("/metrics", get(active_http::metrics))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(cx)

@@ -370,7 +370,8 @@ async fn health(State(state): State<HttpState>) -> Json<Health> {
     let (connected, connected_users) = state.local.counts();
     let now = presence_events::Millis::now();
     let (status, presence) = match state.cluster.latest() {
-        Some(s) => {
+        Some(cluster) => {
+            let s = &cluster.presence;
             let fresh = s.last_sweep_at.is_some_and(|at| now.since(at) < 30_000);
             (
                 if fresh { "ok" } else { "degraded" },
@@ -381,7 +382,7 @@ async fn health(State(state): State<HttpState>) -> Json<Health> {
                     total_disconnections: s.total_disconnections,
                     total_swepts: s.total_swepts,
                     last_sweep_at: s.last_sweep_at.map(presence_events::format_rfc3339),
-                    uptime_ms: now.since(s.started_at),
+                    uptime_ms: now.since(cluster.started_at),
                 },
             )
         }

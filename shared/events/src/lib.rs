@@ -22,7 +22,7 @@ pub use event::{
 };
 pub use ids::{ConnId, IdError, NodeId, SessionId, TabId, TenantId, UserId, UserKey, ViewerClass};
 pub use metrics::TenantMetrics;
-pub use stats::ClusterStats;
+pub use stats::{ClusterStats, PresenceStats};
 pub use status::{Details, DetailsError, SetStatus, Status, StatusError};
 pub use subjects::{Subjects, hex_token};
 pub use time::{Millis, format_rfc3339};

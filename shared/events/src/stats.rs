@@ -1,27 +1,34 @@
-//! Cluster-wide presence figures, published by the aggregator on every sweep tick and served
-//! by every edge's `/api/health`.
+//! Cluster-wide presence figures: kept by the aggregator's fold, published on every sweep
+//! tick and served by every edge's `/api/health`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::Millis;
 
-/// The aggregator's figures as of one sweep tick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterStats {
-    /// Schema version.
-    pub v: u16,
+/// Presence figures kept by the fold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceStats {
     /// Users online now.
     pub online_users: u64,
     /// Most users online at once.
     pub peak_online: u64,
     /// Connections opened.
     pub total_connections: u64,
-    /// Connections closed by a leave.
+    /// Connections closed by a `leave`.
     pub total_disconnections: u64,
     /// Connections swept for silence.
     pub total_swepts: u64,
     /// Event time of the latest sweep.
     pub last_sweep_at: Option<Millis>,
+}
+
+/// The aggregator's figures as of one sweep tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// Schema version.
+    pub v: u16,
+    /// The figures.
+    pub presence: PresenceStats,
     /// When the aggregator process started.
     pub started_at: Millis,
     /// Event-log sequence of the tick.
