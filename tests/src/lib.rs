@@ -135,6 +135,15 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn signal_term(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits for the exit.
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let pid = self.child.id().context("already exited")?;

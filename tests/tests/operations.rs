@@ -148,3 +148,87 @@ async fn every_role_serves_prometheus_text_whose_counters_move_with_the_workload
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_drained_edge_hands_its_users_over_without_an_offline_flap() {
+    use presence_e2e::{HEARTBEAT_TIMEOUT_MS, SWEEP_INTERVAL_MS, expect_update};
+    let mut d = Deployment::start(Mode::Cluster, &[]).await.unwrap();
+    let wait = Duration::from_secs(5);
+    let mut observer = connect(&d.b, "observer", "female").await.unwrap();
+    let mut moving = Vec::new();
+    for i in 0..3 {
+        moving.push(connect(&d.a, &format!("h{i}"), "female").await.unwrap());
+        expect_update(&mut observer, &format!("h{i}"), "online", wait)
+            .await
+            .unwrap();
+    }
+    let stays_away = connect(&d.a, "gone", "female").await.unwrap();
+    expect_update(&mut observer, "gone", "online", wait)
+        .await
+        .unwrap();
+
+    // SIGTERM edge A; its clients come back through "the balancer" to edge B.
+    let drained = Instant::now();
+    d.proc("edge").signal_term().unwrap();
+    let mut back = Vec::new();
+    for (i, mut client) in moving.into_iter().enumerate() {
+        // The edge closes the socket (a disconnect packet, or the connection just ends).
+        let _ = client.wait_for("disconnect", wait, |_| true).await;
+        back.push(connect(&d.b, &format!("h{i}"), "female").await.unwrap());
+    }
+    let reconnected = drained.elapsed();
+    assert!(
+        reconnected < Duration::from_millis(HEARTBEAT_TIMEOUT_MS),
+        "reconnecting took {reconnected:?}"
+    );
+
+    // Past the heartbeat timeout and several sweeps: the users who came back never went
+    // offline; the one who did not is offline, not before the timeout.
+    let window = Duration::from_millis(HEARTBEAT_TIMEOUT_MS + 4 * SWEEP_INTERVAL_MS);
+    let mut seen = Vec::new();
+    while drained.elapsed() < window {
+        seen.extend(
+            observer
+                .drain_for(Duration::from_millis(100))
+                .await
+                .into_iter()
+                .map(|e| (drained.elapsed(), e)),
+        );
+    }
+    for i in 0..3 {
+        let flapped: Vec<_> = seen
+            .iter()
+            .filter(|(_, (_, v))| v["userId"] == format!("h{i}") && v["online"] == false)
+            .collect();
+        assert!(
+            flapped.is_empty(),
+            "h{i} flapped offline during the hand-over: {flapped:?}"
+        );
+    }
+    let gone: Vec<_> = seen
+        .iter()
+        .filter(|(_, (_, v))| v["userId"] == "gone" && v["online"] == false)
+        .collect();
+    assert_eq!(gone.len(), 1, "the user who did not come back: {seen:?}");
+    assert!(
+        gone[0].0 >= Duration::from_millis(HEARTBEAT_TIMEOUT_MS - 600),
+        "swept early: {:?}",
+        gone[0].0
+    );
+    let ack = observer
+        .emit_with_ack(
+            "presence:query",
+            serde_json::json!({"userIds": ["h0", "h1", "h2", "gone"]}),
+            wait,
+        )
+        .await
+        .unwrap();
+    let online: Vec<bool> = ack["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["online"] == true)
+        .collect();
+    assert_eq!(online, [true, true, true, false]);
+    drop(stays_away);
+}

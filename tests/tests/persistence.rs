@@ -243,3 +243,30 @@ async fn an_aggregator_killed_under_load_restarts_into_the_state_it_would_have_h
     }
     until_online_set(&observer, &users, &std::collections::BTreeSet::new()).await;
 }
+
+#[tokio::test]
+async fn a_persister_stopped_with_sigterm_leaves_no_unwritten_change() {
+    let mut d = Deployment::with_persistence(Mode::Cluster, &[])
+        .await
+        .unwrap();
+    let pool = PgPool::connect(d.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let mut observer = connect(&d.b, "fatma", "female").await.unwrap();
+    let _ayse = connect(&d.a, "ayse", "female").await.unwrap();
+    expect_update(&mut observer, "ayse", "online", WAIT)
+        .await
+        .unwrap();
+    // The change is read and waiting in the 2 s debounce: a SIGTERM now must still write it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        row(&pool, "ayse").await.is_none(),
+        "written before the debounce ended"
+    );
+    let status = d.proc("persister").terminate().await.unwrap();
+    assert!(status.success(), "persister exited with {status}");
+    let (status, online, _) = row(&pool, "ayse")
+        .await
+        .expect("the pending change was lost");
+    assert_eq!((status.as_str(), online), ("online", true));
+}

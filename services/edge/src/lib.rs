@@ -205,6 +205,7 @@ impl Edge {
             EventPublisher::new(self.log.clone(), self.subjects.clone(), self.node.clone());
         // The batcher outlives the sockets: leaves appended while closing still order after beats.
         let beats_shutdown = CancellationToken::new();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let beats = BeatBatcher::start(
             publisher.clone(),
             Duration::from_millis(self.config.beat_flush_ms),
@@ -259,6 +260,7 @@ impl Edge {
                 view: view.clone(),
                 policy: self.config.visibility_rules.clone(),
                 local: local.clone(),
+                draining: draining.clone(),
             }),
         );
         tasks.spawn(
@@ -268,7 +270,7 @@ impl Edge {
                 view: view.clone(),
                 policy: self.config.visibility_rules.clone(),
                 io: io.clone(),
-                readiness,
+                readiness: readiness.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -297,6 +299,13 @@ impl Edge {
             )
             .with_graceful_shutdown(async move {
                 stop.cancelled().await;
+                // Drain: out of the balancer's rotation, then close the sockets without
+                // appending their leaves. Clients reconnect through the balancer to another
+                // edge within the heartbeat timeout and their users never go offline; the
+                // closed connections are swept, and only users who do not come back go
+                // offline, after timeout + sweep. Pending heartbeats are still flushed.
+                readiness.set(false);
+                draining.store(true, std::sync::atomic::Ordering::Release);
                 io.close().await;
             })
             .await;

@@ -8,7 +8,7 @@
 //! viewer class; closing it appends a `leave`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use presence_auth::{AuthError, Identity, Verifier};
@@ -81,6 +81,8 @@ pub(crate) struct SocketContext {
     pub(crate) view: Arc<PresenceView>,
     pub(crate) policy: VisibilityPolicy,
     pub(crate) local: Arc<LocalConnections>,
+    /// Set when the edge drains: closing sockets then appends no leaves (see `Edge::start`).
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 /// One authenticated socket: who, and which connection.
@@ -405,6 +407,11 @@ impl SocketContext {
     async fn on_disconnect(&self, sn: &Session, reason: DisconnectReason) {
         if sn.lifecycle.swap(CLOSED, Ordering::AcqRel) == OPENED {
             self.local.closed(&sn.key());
+        }
+        if self.draining.load(Ordering::Acquire) {
+            // Handed over: the client reconnects elsewhere; the connection is swept if not.
+            metrics::counter!("presence_connections_handed_over_total").increment(1);
+            return;
         }
         // A beat still pending for this connection must not land after its leave.
         self.beats.forget(sn.conn).await;
