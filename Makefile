@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: run build test test-unit lint fmt interop-deps bench-persister check-infra
+.PHONY: run build test test-unit lint fmt interop-deps bench-persister check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -35,3 +35,14 @@ bench-persister: ## rows/s of the persister on a burst of 10,000 changes (real N
 check-infra: ## the compose file and the load balancer configuration are valid
 	docker-compose -f infra/docker-compose.yml config -q
 	haproxy -c -q -f infra/haproxy.cfg
+
+# Operator replays against the cluster at NATS_URL / PRESENCE_NAMESPACE (DATABASE_URL for
+# rebuild). ARGS narrows the range, e.g. ARGS="--from-seq 1000 --tenant default".
+replay-rebuild: ## rebuild the presence projection from the stream (DRY_RUN=1 to only show)
+	$(CARGO) run --release -q -p presence -- replay $(ARGS) rebuild $(if $(DRY_RUN),--dry-run)
+
+replay-timeline: ## one user's events and changes: make replay-timeline USER_ID=ayse
+	$(CARGO) run --release -q -p presence -- replay $(ARGS) timeline --user $(USER_ID)
+
+replay-metrics: ## a customer's count and EMA per tick: make replay-metrics CUSTOMER=shop-42
+	$(CARGO) run --release -q -p presence -- replay $(ARGS) metrics --customer $(CUSTOMER)

@@ -266,6 +266,15 @@ impl Deployment {
             .unwrap_or_else(|| panic!("no {role} in this deployment"))
     }
 
+    /// The stream namespace of a cluster deployment.
+    pub fn namespace(&self) -> Option<String> {
+        self.procs.first().and_then(|(_, env, _)| {
+            env.iter()
+                .find(|(k, _)| k == "PRESENCE_NAMESPACE")
+                .map(|(_, v)| v.clone())
+        })
+    }
+
     /// The admin URL of the `n`th edge (0 is edge A).
     pub fn edge_admin(&self, n: usize) -> String {
         self.procs

@@ -80,6 +80,19 @@ enum Role {
         #[command(flatten)]
         persister: PersisterConfig,
     },
+    /// Operator tools over the event stream: rebuild the projection, a user's timeline, a
+    /// customer's metrics.
+    Replay {
+        #[command(flatten)]
+        log: LogArgs,
+        /// Fold settings (timeout, TTL, alpha) to replay with.
+        #[command(flatten)]
+        fold: AggregatorConfig,
+        #[command(flatten)]
+        range: crate::replay::Range,
+        #[command(subcommand)]
+        command: crate::replay::Replay,
+    },
     /// Prints an HS256 token for development and testing.
     Token {
         /// Secret to sign with.
@@ -257,6 +270,12 @@ impl Cli {
                 })
                 .await
             }
+            Role::Replay {
+                log,
+                fold,
+                range,
+                command,
+            } => crate::replay::run(&log, &fold, range, command).await,
             Role::Token {
                 secret,
                 sub,

@@ -3,6 +3,7 @@
 //! each against NATS JetStream.
 
 mod cli;
+mod replay;
 mod streams;
 
 use clap::Parser;

@@ -1,0 +1,144 @@
+//! The replay CLI against a real cluster: the projection rebuilt from the stream equals the
+//! live one, and a user's timeline lists a scripted session's events in order.
+
+use std::time::{Duration, Instant};
+
+use presence_e2e::{
+    Deployment, Mode, bearer, connect, expect_update, http, nats_url, presence_bin, service_token,
+};
+use serde_json::json;
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn replay(d: &Deployment, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(presence_bin().unwrap())
+        .arg("replay")
+        .args(args)
+        .env("NATS_URL", nats_url().unwrap())
+        .env("PRESENCE_NAMESPACE", d.namespace().unwrap())
+        .env("DATABASE_URL", d.database_url.as_deref().unwrap())
+        .env(
+            "PRESENCE_HEARTBEAT_TIMEOUT_MS",
+            presence_e2e::HEARTBEAT_TIMEOUT_MS.to_string(),
+        )
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "replay {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+async fn consistent(edge: &str, live: u64) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let r = http(
+            "GET",
+            &format!("{edge}/api/check-online-status"),
+            &[("Authorization", &bearer(&service_token()))],
+            None,
+        )
+        .await
+        .unwrap();
+        let v = r.json();
+        if v["consistent"] == true && v["liveOnline"] == live {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never consistent: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+type Rows = Vec<(String, String, bool, Option<i64>, i64)>;
+
+async fn rows(pool: &PgPool) -> Rows {
+    sqlx::query_as(
+        "SELECT user_id, status, online, (extract(epoch from last_seen) * 1000)::int8, seq
+         FROM presence ORDER BY user_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_rebuilt_projection_equals_the_live_one_and_timelines_are_in_order() {
+    let d = Deployment::with_persistence(Mode::Cluster, &[])
+        .await
+        .unwrap();
+    let pool = PgPool::connect(d.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let mut observer = connect(&d.b, "observer", "female").await.unwrap();
+    let _other = connect(&d.b, "other", "male").await.unwrap();
+    // The scripted session.
+    let tl = connect(&d.a, "tl", "female").await.unwrap();
+    tl.emit_with_ack(
+        "user:status",
+        json!({"status": "live", "details": {"title": "replayed"}}),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    expect_update(&mut observer, "tl", "live", WAIT)
+        .await
+        .unwrap();
+    tl.disconnect().await;
+    expect_update(&mut observer, "tl", "offline", WAIT)
+        .await
+        .unwrap();
+    consistent(&d.a, 2).await;
+    let live = rows(&pool).await;
+    assert_eq!(live.len(), 3);
+
+    let dry = replay(&d, &["rebuild", "--dry-run"]).await;
+    assert!(dry.contains("dry run: 0 of 3 rows would change"), "{dry}");
+
+    sqlx::query("TRUNCATE presence")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dry = replay(&d, &["rebuild", "--dry-run"]).await;
+    assert!(dry.contains("dry run: 3 of 3 rows would change"), "{dry}");
+    let rebuilt = replay(&d, &["rebuild"]).await;
+    assert!(rebuilt.contains("rebuilt 3 rows"), "{rebuilt}");
+    assert_eq!(
+        rows(&pool).await,
+        live,
+        "the rebuilt projection differs from the live one"
+    );
+    consistent(&d.a, 2).await;
+
+    let timeline = replay(&d, &["timeline", "--user", "tl"]).await;
+    let position = |needle: &str| {
+        timeline
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} missing from the timeline:\n{timeline}"))
+    };
+    let steps = [
+        position("event   join"),
+        position("change  tl -> online"),
+        position("event   status"),
+        position("change  tl -> live"),
+        position("event   leave"),
+        position("change  tl -> offline"),
+    ];
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {steps:?}\n{timeline}"
+    );
+    assert!(
+        timeline.contains("replayed"),
+        "status details missing:\n{timeline}"
+    );
+    assert!(
+        !timeline.contains("other"),
+        "another user's events leaked in:\n{timeline}"
+    );
+}
