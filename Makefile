@@ -4,10 +4,13 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: run build test test-unit lint fmt interop-deps bench-persister check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps bench-persister check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
+
+cluster: ## the compose topology as local processes: NATS, PostgreSQL, aggregator, persister, 2 edges behind HAProxy on :3000
+	scripts/cluster.sh
 
 build:
 	$(CARGO) build --workspace --all-targets
