@@ -54,6 +54,41 @@ async fn health_reports_the_clusters_figures_and_the_answering_edges_sockets() {
         (3.into(), 3.into())
     );
 
+    // The operators' debug views: protected outside development.
+    let r = http("GET", &format!("{}/api/debug/presence", d.a), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let service = presence_e2e::bearer(&presence_e2e::service_token());
+    let r = http(
+        "GET",
+        &format!("{}/api/debug/presence", d.b),
+        &[("Authorization", &service)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["onlineCount"], 4, "{}", r.body);
+    assert_eq!(r.json()["online"][0]["userId"], "a0", "{}", r.body);
+    let r = http(
+        "GET",
+        &format!("{}/api/debug/socket-status", d.a),
+        &[("Authorization", &service)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            r.json()["connected"].clone(),
+            r.json()["users"].as_array().map(Vec::len)
+        ),
+        (3.into(), Some(3)),
+        "{}",
+        r.body
+    );
+
     on_a.pop().unwrap().disconnect().await;
     let h = until_health(&d.b, |h| h["presence"]["onlineUsers"] == 3).await;
     assert!(h["presence"]["totalDisconnections"].as_u64().unwrap() >= 1);
@@ -82,6 +117,17 @@ fn total(scrape: &Scrape, name: &str) -> f64 {
         .sum()
 }
 
+fn customer_gauge(scrape: &Scrape, name: &str, customer: &str) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get("customer") == Some(customer))
+        .and_then(|s| match s.value {
+            Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
 #[tokio::test]
 async fn every_role_serves_prometheus_text_whose_counters_move_with_the_workload() {
     let mut d = Deployment::with_persistence(Mode::Cluster, &[])
@@ -105,6 +151,17 @@ async fn every_role_serves_prometheus_text_whose_counters_move_with_the_workload
     for c in clients.drain(..2) {
         c.disconnect().await;
     }
+    let join =
+        serde_json::json!({"customerId": "prom-shop", "sessionId": "s", "tabId": "t"}).to_string();
+    let r = http(
+        "POST",
+        &format!("{}/presence/join", d.a),
+        &[],
+        Some(join.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
     let deadline = Instant::now() + Duration::from_secs(8);
     loop {
         let edge = scrape(&edge_a).await;
@@ -123,7 +180,12 @@ async fn every_role_serves_prometheus_text_whose_counters_move_with_the_workload
                 >= 7.0
             && total(&per, "presence_persister_rows_written_total")
                 - total(&before_persister, "presence_persister_rows_written_total")
-                >= 5.0;
+                >= 5.0
+            && total(&edge, "presence_fanout_deliveries_total")
+                > total(&before_edge, "presence_fanout_deliveries_total")
+            && customer_gauge(&agg, "presence_active_users", "prom-shop") == Some(1.0)
+            && customer_gauge(&agg, "presence_active_users_ema", "prom-shop")
+                .is_some_and(|e| e > 0.0);
         if moved {
             assert_eq!(
                 total(&edge, "presence_connections"),

@@ -105,10 +105,11 @@ pub(crate) async fn fold_events(
     if let Some(snapshots) = &snapshots {
         state = snapshots.load(state).await;
     }
-    let mut saved = SavePoint {
+    let mut saved = Runtime {
         seq: state.presence.last_seq(),
         at: std::time::Instant::now(),
         started_at: Millis::now(),
+        labels: CustomerLabels::default(),
     };
     let stream = subjects.events_stream();
     let mut backoff = Duration::from_millis(100);
@@ -149,12 +150,38 @@ pub(crate) async fn fold_events(
     }
 }
 
-/// The newest snapshot saved.
-struct SavePoint {
+/// Customers that get their own `customer` label on the active-users gauges: the first
+/// [`LABELLED_CUSTOMERS`] seen, so the label set stays bounded whatever the traffic.
+#[derive(Default)]
+struct CustomerLabels(std::collections::HashSet<presence_events::TenantId>);
+
+const LABELLED_CUSTOMERS: usize = 100;
+
+impl CustomerLabels {
+    fn record(&mut self, m: &presence_events::TenantMetrics) {
+        if !self.0.contains(&m.tenant) {
+            if self.0.len() >= LABELLED_CUSTOMERS {
+                metrics::counter!("presence_active_users_unlabelled_ticks_total").increment(1);
+                return;
+            }
+            self.0.insert(m.tenant.clone());
+        }
+        let customer = m.tenant.to_string();
+        metrics::gauge!("presence_active_users", "customer" => customer.clone())
+            .set(m.count as f64);
+        metrics::gauge!("presence_active_users_ema", "customer" => customer).set(m.ema);
+    }
+}
+
+/// What the fold loop keeps beside the fold: the newest snapshot saved, when this
+/// aggregator started, the labelled customers.
+struct Runtime {
+    /// Sequence and time of the newest snapshot saved.
     seq: u64,
     at: std::time::Instant,
     /// When this aggregator started (reported in the cluster figures).
     started_at: Millis,
+    labels: CustomerLabels,
 }
 
 /// Folds deliveries until the subscription ends or shutdown.
@@ -164,7 +191,7 @@ async fn fold_until_interrupted(
     log: &dyn EventLog,
     subjects: &Subjects,
     snapshots: Option<&Snapshots>,
-    saved: &mut SavePoint,
+    saved: &mut Runtime,
     shutdown: &CancellationToken,
 ) {
     let started_at = saved.started_at;
@@ -193,6 +220,7 @@ async fn fold_until_interrupted(
                     metrics::counter!("presence_events_consumed_total", "kind" => event.kind())
                         .increment(1);
                     for metrics in state.active.apply(delivered.seq, &event) {
+                        saved.labels.record(&metrics);
                         changes.push(Outgoing {
                             subject: subjects.metrics(&metrics.tenant),
                             msg_id: metrics.msg_id(),

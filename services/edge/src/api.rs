@@ -26,6 +26,9 @@ const MAX_QUERY_CHARS: usize = 100;
 
 /// What the API handlers share.
 pub(crate) struct ApiContext {
+    pub(crate) node: presence_events::NodeId,
+    pub(crate) local: Arc<crate::socket::LocalConnections>,
+    pub(crate) cluster: Arc<crate::cluster::ClusterFigures>,
     pub(crate) verifier: Option<Verifier>,
     pub(crate) environment: Environment,
     pub(crate) view: Arc<PresenceView>,
@@ -114,6 +117,14 @@ impl ApiContext {
             ));
         }
         Ok(caller)
+    }
+
+    /// Operators' endpoints: open in development, service role otherwise.
+    fn operator(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.environment != Environment::Development {
+            self.service(headers)?;
+        }
+        Ok(())
     }
 
     fn store(&self) -> Result<&Store, ApiError> {
@@ -445,9 +456,7 @@ pub(crate) async fn check_online_status(
     State(cx): State<Arc<ApiContext>>,
     headers: HeaderMap,
 ) -> ApiResult<OnlineCheck> {
-    if cx.environment != Environment::Development {
-        cx.service(&headers)?;
-    }
+    cx.operator(&headers)?;
     let rows = cx.store()?.online_rows().await.map_err(|e| {
         tracing::warn!(error = %e, "reading the projection failed");
         ApiError::new(
@@ -487,5 +496,88 @@ pub(crate) async fn check_online_status(
         database_online: database.len(),
         consistent: differences.is_empty(),
         differences,
+    }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DebugUser {
+    tenant: String,
+    user_id: String,
+    status: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DebugPresence {
+    cluster: Option<presence_events::ClusterStats>,
+    online_count: usize,
+    /// The first 1,000 online users, by tenant and id.
+    online: Vec<DebugUser>,
+}
+
+/// `GET /api/debug/presence`: the cluster figures and who is online (operators).
+pub(crate) async fn debug_presence(
+    State(cx): State<Arc<ApiContext>>,
+    headers: HeaderMap,
+) -> ApiResult<DebugPresence> {
+    cx.operator(&headers)?;
+    let mut online = cx.view.online_users_with_status();
+    online.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(Json(DebugPresence {
+        cluster: cx.cluster.latest(),
+        online_count: online.len(),
+        online: online
+            .into_iter()
+            .take(1_000)
+            .map(|(k, status)| DebugUser {
+                tenant: k.tenant.to_string(),
+                user_id: k.user.to_string(),
+                status: status.to_string(),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DebugSocket {
+    tenant: String,
+    user_id: String,
+    connections: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DebugSockets {
+    node: String,
+    connected: usize,
+    connected_users: usize,
+    /// The first 1,000 users connected to this edge.
+    users: Vec<DebugSocket>,
+}
+
+/// `GET /api/debug/socket-status`: the Socket.io connections of this edge (operators).
+pub(crate) async fn debug_socket_status(
+    State(cx): State<Arc<ApiContext>>,
+    headers: HeaderMap,
+) -> ApiResult<DebugSockets> {
+    cx.operator(&headers)?;
+    let (connected, connected_users) = cx.local.counts();
+    let mut users = cx.local.users();
+    users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(Json(DebugSockets {
+        node: cx.node.to_string(),
+        connected,
+        connected_users,
+        users: users
+            .into_iter()
+            .take(1_000)
+            .map(|(k, n)| DebugSocket {
+                tenant: k.tenant.to_string(),
+                user_id: k.user.to_string(),
+                connections: n,
+            })
+            .collect(),
     }))
 }

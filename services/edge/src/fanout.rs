@@ -9,6 +9,7 @@ use socketioxide::SocketIo;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use crate::socket::LocalConnections;
 use crate::view::{PresenceUpdate, PresenceView};
 use crate::visibility::VisibilityPolicy;
 
@@ -19,6 +20,7 @@ pub(crate) struct FanOut {
     pub(crate) policy: VisibilityPolicy,
     pub(crate) io: SocketIo,
     pub(crate) readiness: Readiness,
+    pub(crate) local: Arc<LocalConnections>,
 }
 
 impl FanOut {
@@ -53,8 +55,12 @@ impl FanOut {
     async fn emit(&self, change: &PresenceChange) {
         let rooms = self.policy.rooms_seeing(&change.tenant, &change.class);
         let update = PresenceUpdate::from_change(change);
+        let deliveries = self.local.sockets_in(&rooms);
         match self.io.to(rooms).emit("presence-update", &update).await {
-            Ok(()) => metrics::counter!("presence_fanout_changes_total").increment(1),
+            Ok(()) => {
+                metrics::counter!("presence_fanout_changes_total").increment(1);
+                metrics::counter!("presence_fanout_deliveries_total").increment(deliveries);
+            }
             // Some sockets were closing: they are gone, nobody is left to tell.
             Err(e) => {
                 metrics::counter!("presence_fanout_send_failures_total").increment(1);

@@ -240,6 +240,9 @@ impl Edge {
             .clone()
             .map(|store| Directory::start(store, tasks, shutdown.clone()));
         let api = Arc::new(ApiContext {
+            node: self.node.clone(),
+            local: local.clone(),
+            cluster: cluster.clone(),
             verifier: verifier.clone(),
             environment: self.environment,
             view: view.clone(),
@@ -271,6 +274,7 @@ impl Edge {
                 policy: self.config.visibility_rules.clone(),
                 io: io.clone(),
                 readiness: readiness.clone(),
+                local: local.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -328,6 +332,8 @@ fn api_routes(api: Arc<ApiContext>) -> Router {
         .route("/api/users/search", get(api::search))
         .route("/api/users/{user}", put(api::put_user))
         .route("/api/check-online-status", get(api::check_online_status))
+        .route("/api/debug/presence", get(api::debug_presence))
+        .route("/api/debug/socket-status", get(api::debug_socket_status))
         .with_state(api)
 }
 

@@ -42,18 +42,35 @@ pub(crate) struct Authenticator {
 pub(crate) struct LocalConnections {
     sockets: AtomicUsize,
     users: Mutex<HashMap<UserKey, u32>>,
+    /// Sockets per viewer room: how many deliveries an emit to a room makes.
+    rooms: Mutex<HashMap<String, u32>>,
 }
 
 impl LocalConnections {
-    fn opened(&self, key: UserKey) {
+    fn opened(&self, key: UserKey, room: String) {
         self.sockets.fetch_add(1, Ordering::Relaxed);
+        *self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(room)
+            .or_default() += 1;
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         *users.entry(key).or_default() += 1;
         metrics::gauge!("presence_connections", "transport" => "socketio").increment(1.0);
     }
 
-    fn closed(&self, key: &UserKey) {
+    fn closed(&self, key: &UserKey, room: &str) {
         self.sockets.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = rooms.get_mut(room) {
+                *count -= 1;
+                if *count == 0 {
+                    rooms.remove(room);
+                }
+            }
+        }
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = users.get_mut(key) {
             *count -= 1;
@@ -62,6 +79,22 @@ impl LocalConnections {
             }
         }
         metrics::gauge!("presence_connections", "transport" => "socketio").decrement(1.0);
+    }
+
+    /// Sockets of this edge in `rooms`.
+    pub(crate) fn sockets_in(&self, rooms: &[String]) -> u64 {
+        let counts = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .iter()
+            .filter_map(|r| counts.get(r))
+            .map(|c| u64::from(*c))
+            .sum()
+    }
+
+    /// Connections per user on this edge.
+    pub(crate) fn users(&self) -> Vec<(UserKey, u32)> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users.iter().map(|(k, n)| (k.clone(), *n)).collect()
     }
 
     /// (sockets, distinct users) connected here.
@@ -100,6 +133,10 @@ const OPENED: u8 = 1;
 const CLOSED: u8 = 2;
 
 impl Session {
+    fn room(&self) -> String {
+        viewer_room(&self.identity.tenant, &self.identity.class)
+    }
+
     fn key(&self) -> UserKey {
         UserKey {
             tenant: self.identity.tenant.clone(),
@@ -217,7 +254,7 @@ pub(crate) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
                 .compare_exchange(NEW, OPENED, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            local.opened(session.key());
+            local.opened(session.key(), session.room());
         }
     };
     io.ns("/", opened.with(admit));
@@ -406,7 +443,7 @@ impl SocketContext {
 
     async fn on_disconnect(&self, sn: &Session, reason: DisconnectReason) {
         if sn.lifecycle.swap(CLOSED, Ordering::AcqRel) == OPENED {
-            self.local.closed(&sn.key());
+            self.local.closed(&sn.key(), &sn.room());
         }
         if self.draining.load(Ordering::Acquire) {
             // Handed over: the client reconnects elsewhere; the connection is swept if not.
