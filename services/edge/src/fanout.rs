@@ -36,6 +36,8 @@ impl FanOut {
             &shutdown,
             || self.readiness.set(true),
             |delivered| async move {
+                metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
+                    .set(delivered.pending as f64);
                 match PresenceChange::decode(&delivered.payload) {
                     Ok(change) => {
                         if this.view.apply(&change) {

@@ -161,6 +161,8 @@ impl Writer {
             }
         }
         self.last_received = self.last_received.max(delivered.seq);
+        metrics::gauge!("presence_consumer_lag_messages", "consumer" => CONSUMER)
+            .set(delivered.pending as f64);
         delivered.payload = Default::default();
         self.unacked.push_back(delivered);
         metrics::gauge!("presence_persister_pending_users").set(self.debouncer.len() as f64);
