@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use presence_e2e::{Deployment, Mode, connect, expect_update, http};
+use presence_e2e::{Deployment, Mode, connect, expect_update, metric_total};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -36,17 +36,6 @@ async fn until_row(pool: &PgPool, user: &str, online: bool, within: Duration) ->
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-async fn rows_written(admin: &str) -> f64 {
-    let text = http("GET", &format!("{admin}/metrics"), &[], None)
-        .await
-        .expect("scraping the persister")
-        .body;
-    text.lines()
-        .filter(|l| l.starts_with("presence_persister_rows_written_total"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 async fn connect_and_disconnect_reach_the_database_in_time(mode: Mode) {
@@ -99,7 +88,7 @@ async fn twenty_flaps_in_two_seconds_cost_a_handful_of_writes_and_end_correct() 
     let mut observer = connect(&d.b, "fatma", "female").await.unwrap();
     // Let the observer's own row settle first.
     until_row(&pool, "fatma", true, Duration::from_secs(3)).await;
-    let before = rows_written(&admin).await;
+    let before = metric_total(&admin, "presence_persister_rows_written_total").await;
     let started = Instant::now();
     for _ in 0..20 {
         let flapper = connect(&d.a, "flappy", "female").await.unwrap();
@@ -111,7 +100,7 @@ async fn twenty_flaps_in_two_seconds_cost_a_handful_of_writes_and_end_correct() 
         .unwrap();
     // Past the debounce window, every write has happened.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let writes = rows_written(&admin).await - before;
+    let writes = metric_total(&admin, "presence_persister_rows_written_total").await - before;
     println!("20 flaps in {took:?} cost {writes} row writes");
     assert!(
         (1.0..=5.0).contains(&writes),
@@ -120,17 +109,6 @@ async fn twenty_flaps_in_two_seconds_cost_a_handful_of_writes_and_end_correct() 
     let (status, online, last_seen) = row(&pool, "flappy").await.unwrap();
     assert_eq!((status.as_str(), online), ("offline", false));
     assert!(last_seen.is_some());
-}
-
-async fn metric(admin: &str, name: &str) -> f64 {
-    let text = http("GET", &format!("{admin}/metrics"), &[], None)
-        .await
-        .expect("scraping metrics")
-        .body;
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 /// Polls `presence:query` until the online users among `users` are exactly `expected`.
@@ -183,7 +161,7 @@ async fn an_aggregator_killed_under_load_restarts_into_the_state_it_would_have_h
     // Let a snapshot be taken with these in it.
     let aggregator_admin = d.proc("aggregator").admin.clone();
     let deadline = Instant::now() + WAIT;
-    while metric(&aggregator_admin, "presence_snapshot_sequence").await < 1.0 {
+    while metric_total(&aggregator_admin, "presence_snapshot_sequence").await < 1.0 {
         assert!(Instant::now() < deadline, "no snapshot saved");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -207,7 +185,7 @@ async fn an_aggregator_killed_under_load_restarts_into_the_state_it_would_have_h
     let expected: std::collections::BTreeSet<String> = clients.keys().cloned().collect();
     let ack = until_online_set(&observer, &users, &expected).await;
     assert_eq!(ack["presence"][4]["status"], "live", "{ack}");
-    let restored = metric(
+    let restored = metric_total(
         &d.proc("aggregator").admin,
         "presence_snapshot_loaded_sequence",
     )

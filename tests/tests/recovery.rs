@@ -5,39 +5,10 @@
 use std::time::{Duration, Instant};
 
 use presence_e2e::{
-    Deployment, Mode, PrivatePostgres, bearer, connect, expect_update, http, service_token,
+    Deployment, Mode, PrivatePostgres, connect, expect_update, http, until_consistent,
 };
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn check(edge: &str) -> Option<Value> {
-    let r = http(
-        "GET",
-        &format!("{edge}/api/check-online-status"),
-        &[("Authorization", &bearer(&service_token()))],
-        None,
-    )
-    .await
-    .ok()?;
-    (r.status == 200).then(|| r.json())
-}
-
-async fn until_consistent(edge: &str, live: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(v) = check(edge).await {
-            if v["consistent"] == true && v["liveOnline"] == live {
-                assert_eq!(v["differences"], serde_json::json!([]));
-                return;
-            }
-            last = Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("projection never converged to {live} online users: {last:?}");
-}
 
 async fn ready(admin: &str) -> bool {
     http("GET", &format!("{admin}/readyz"), &[], None)

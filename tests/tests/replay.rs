@@ -1,10 +1,10 @@
 //! The replay CLI against a real cluster: the projection rebuilt from the stream equals the
 //! live one, and a user's timeline lists a scripted session's events in order.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use presence_e2e::{
-    Deployment, Mode, bearer, connect, expect_update, http, nats_url, presence_bin, service_token,
+    Deployment, Mode, connect, expect_update, nats_url, presence_bin, until_consistent,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -32,26 +32,6 @@ async fn replay(d: &Deployment, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-async fn consistent(edge: &str, live: u64) {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let r = http(
-            "GET",
-            &format!("{edge}/api/check-online-status"),
-            &[("Authorization", &bearer(&service_token()))],
-            None,
-        )
-        .await
-        .unwrap();
-        let v = r.json();
-        if v["consistent"] == true && v["liveOnline"] == live {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never consistent: {v}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 type Rows = Vec<(String, String, bool, Option<i64>, i64)>;
@@ -92,7 +72,7 @@ async fn the_rebuilt_projection_equals_the_live_one_and_timelines_are_in_order()
     expect_update(&mut observer, "tl", "offline", WAIT)
         .await
         .unwrap();
-    consistent(&d.a, 2).await;
+    until_consistent(&d.a, 2, Duration::from_secs(8)).await;
     let live = rows(&pool).await;
     assert_eq!(live.len(), 3);
 
@@ -112,7 +92,7 @@ async fn the_rebuilt_projection_equals_the_live_one_and_timelines_are_in_order()
         live,
         "the rebuilt projection differs from the live one"
     );
-    consistent(&d.a, 2).await;
+    until_consistent(&d.a, 2, Duration::from_secs(8)).await;
 
     let timeline = replay(&d, &["timeline", "--user", "tl"]).await;
     let position = |needle: &str| {

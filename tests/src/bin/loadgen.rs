@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use presence_e2e::connect;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -66,7 +65,9 @@ struct Counters {
 
 /// Reads the edge's counters from its Prometheus text.
 async fn published(admin: &str) -> anyhow::Result<Counters> {
-    let text = http_get(admin, "/metrics").await?;
+    let text = presence_e2e::http("GET", &format!("{admin}/metrics"), &[], None)
+        .await?
+        .body;
     let mut c = Counters {
         heartbeats: 0.0,
         beats: 0.0,
@@ -87,15 +88,4 @@ async fn published(admin: &str) -> anyhow::Result<Counters> {
         }
     }
     Ok(c)
-}
-
-async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
 }
