@@ -2,9 +2,10 @@
 //! exponential moving average, computed once in the cluster on every metrics tick.
 //!
 //! A customer's count is the number of distinct live sessions (browsers): all tabs of one
-//! session count once, whichever edge and transport they came through. A tab lives from its
-//! join until its leave or until it has not beaten for the session TTL; a session lives while
-//! one of its tabs does. On each tick `ema = alpha * count + (1 - alpha) * ema`, the first
+//! session count once, whichever edge and transport they came through. A session lives while
+//! at least one of its tabs is open (joined, not left) and one of them beat within the session
+//! TTL: a browser's tabs elect one to beat for all of them, and when that tab closes another
+//! takes over without the session dipping. On each tick `ema = alpha * count + (1 - alpha) * ema`, the first
 //! tick's EMA being the count. Ticks are events in the log, so a replay (or a restarted
 //! aggregator) continues the very same curve.
 
@@ -29,6 +30,9 @@ struct Customer {
     /// another edge or a request still in flight) must not bring them back.
     #[serde(with = "crate::pairs")]
     closed: HashMap<(SessionId, TabId), Millis>,
+    /// Session -> latest sign of life of any of its tabs, including tabs that since left.
+    #[serde(default)]
+    beaten: HashMap<SessionId, Millis>,
     ema: Option<f64>,
 }
 
@@ -119,6 +123,8 @@ impl ActiveUsers {
         let tabs = customer.sessions.entry(session.clone()).or_default();
         let seen = tabs.entry(tab.clone()).or_insert(at);
         *seen = (*seen).max(at);
+        let beaten = customer.beaten.entry(session.clone()).or_insert(at);
+        *beaten = (*beaten).max(at);
     }
 
     fn close(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId, at: Millis) {
@@ -130,6 +136,7 @@ impl ActiveUsers {
             tabs.remove(tab);
             if tabs.is_empty() {
                 customer.sessions.remove(session);
+                customer.beaten.remove(session);
             }
         }
     }
@@ -139,9 +146,18 @@ impl ActiveUsers {
         let alpha = self.alpha;
         let mut out = Vec::with_capacity(self.customers.len());
         self.customers.retain(|tenant, customer| {
-            customer.sessions.retain(|_, tabs| {
-                tabs.retain(|_, seen| now.since(*seen) < ttl);
-                !tabs.is_empty()
+            let beaten = &mut customer.beaten;
+            customer.sessions.retain(|session, tabs| {
+                let last = tabs
+                    .values()
+                    .copied()
+                    .chain(beaten.get(session).copied())
+                    .max();
+                let alive = !tabs.is_empty() && last.is_some_and(|at| now.since(at) < ttl);
+                if !alive {
+                    beaten.remove(session);
+                }
+                alive
             });
             // A late message arrives within seconds; a minute is a wide margin.
             customer
@@ -294,6 +310,38 @@ mod tests {
         );
         assert_eq!(s.tick(279_999)[0].1, 1);
         assert_eq!(s.tick(280_000)[0].1, 0);
+    }
+
+    #[test]
+    fn one_beating_tab_keeps_every_open_tab_of_its_session() {
+        let mut s = Script::new();
+        // Three tabs open at 0; only the leader (t1) beats.
+        for tab in ["t1", "t2", "t3"] {
+            s.apply(0, join("shop", "browser", tab));
+        }
+        s.apply(170_000, beat("shop", "browser", "t1", 170_000));
+        // The leader closes; t2 has not beaten for 200 s but the session beat 30 s ago.
+        s.apply(171_000, leave("shop", "browser", "t1"));
+        assert_eq!(s.tick(200_000)[0].1, 1, "the followers keep the session");
+        // t2 takes over and beats: the session goes on past the old leader's TTL.
+        s.apply(201_000, beat("shop", "browser", "t2", 201_000));
+        assert_eq!(s.tick(360_000)[0].1, 1);
+        // Nobody beats any more: the session ends one TTL after the last beat.
+        assert_eq!(s.tick(381_000)[0].1, 0);
+    }
+
+    #[test]
+    fn a_session_whose_tabs_all_left_ends_at_once_even_if_it_beat_recently() {
+        let mut s = Script::new();
+        s.apply(0, join("shop", "browser", "t1"));
+        s.apply(0, join("shop", "browser", "t2"));
+        s.apply(1_000, beat("shop", "browser", "t1", 1_000));
+        s.apply(2_000, leave("shop", "browser", "t1"));
+        s.apply(2_000, leave("shop", "browser", "t2"));
+        assert_eq!(s.tick(3_000)[0].1, 0);
+        // A new tab of the same browser starts afresh.
+        s.apply(4_000, join("shop", "browser", "t3"));
+        assert_eq!(s.tick(5_000)[0].1, 1);
     }
 
     #[test]

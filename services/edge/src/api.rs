@@ -120,7 +120,7 @@ impl ApiContext {
     }
 
     /// Operators' endpoints: open in development, service role otherwise.
-    fn operator(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn operator(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         if self.environment != Environment::Development {
             self.service(headers)?;
         }

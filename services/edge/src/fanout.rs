@@ -9,6 +9,7 @@ use socketioxide::SocketIo;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use crate::dashboard::DashboardFeed;
 use crate::socket::LocalConnections;
 use crate::view::{PresenceUpdate, PresenceView};
 use crate::visibility::VisibilityPolicy;
@@ -21,6 +22,7 @@ pub(crate) struct FanOut {
     pub(crate) io: SocketIo,
     pub(crate) readiness: Readiness,
     pub(crate) local: Arc<LocalConnections>,
+    pub(crate) dashboard: Arc<DashboardFeed>,
 }
 
 impl FanOut {
@@ -41,6 +43,7 @@ impl FanOut {
                 match PresenceChange::decode(&delivered.payload) {
                     Ok(change) => {
                         if this.view.apply(&change) {
+                            this.dashboard.presence(&change);
                             this.emit(&change).await;
                         }
                     }

@@ -10,6 +10,7 @@ mod active_ws;
 mod api;
 mod beats;
 mod cluster;
+mod dashboard;
 mod directory;
 mod fanout;
 mod metrics_hub;
@@ -43,6 +44,7 @@ use crate::active_users::ActiveUsersContext;
 use crate::api::ApiContext;
 use crate::beats::BeatBatcher;
 use crate::cluster::ClusterFigures;
+use crate::dashboard::{DashboardContext, DashboardFeed};
 use crate::directory::Directory;
 use crate::metrics_hub::MetricsHub;
 use crate::publisher::EventPublisher;
@@ -212,7 +214,8 @@ impl Edge {
             tasks,
             beats_shutdown.clone(),
         );
-        let hub = Arc::new(MetricsHub::default());
+        let dashboard = Arc::new(DashboardFeed::default());
+        let hub = Arc::new(MetricsHub::new(dashboard.clone()));
         tasks.spawn(
             hub.clone()
                 .follow(self.log.clone(), self.subjects.clone(), shutdown.clone()),
@@ -220,7 +223,7 @@ impl Edge {
         let active = Arc::new(ActiveUsersContext {
             publisher: publisher.clone(),
             beats: beats.clone(),
-            hub,
+            hub: hub.clone(),
             limits: RateLimits::new(&self.config.rate_limits),
             auth_timeout: Duration::from_millis(self.config.ws_auth_timeout_ms),
             shutdown: shutdown.clone(),
@@ -275,6 +278,7 @@ impl Edge {
                 io: io.clone(),
                 readiness: readiness.clone(),
                 local: local.clone(),
+                dashboard: dashboard.clone(),
             }
             .run(shutdown.clone()),
         );
@@ -283,6 +287,12 @@ impl Edge {
             .route("/api/health", get(health))
             .with_state(HttpState { cluster, local })
             .merge(active_users::routes(active))
+            .merge(dashboard_routes(DashboardContext {
+                api: api.clone(),
+                hub,
+                feed: dashboard,
+                shutdown: shutdown.clone(),
+            }))
             .merge(api_routes(api))
             .layer(layer);
         let listener = tokio::net::TcpListener::bind(&self.config.http_addr)
@@ -320,6 +330,13 @@ impl Edge {
         });
         Ok(local_addr)
     }
+}
+
+fn dashboard_routes(cx: DashboardContext) -> Router {
+    Router::new()
+        .route("/dashboard", get(dashboard::page))
+        .route("/api/dashboard/stream", get(dashboard::stream))
+        .with_state(Arc::new(cx))
 }
 
 fn api_routes(api: Arc<ApiContext>) -> Router {

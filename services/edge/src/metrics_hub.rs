@@ -1,66 +1,143 @@
 //! Per-customer active-user metrics on this edge: the latest value of each customer (for
 //! `GET /metrics`) and a broadcast of every tick to the WebSocket clients of that customer.
 //! Fed from the metrics stream, which keeps the last value per customer, so a new edge
-//! answers at once.
+//! answers at once. The recent values of up to [`HISTORY_CUSTOMERS`] customers are kept for
+//! the dashboard's charts.
 
 use presence_events::{Millis, Subjects, TenantId, TenantMetrics};
 use presence_log::{EventLog, StartAt};
-use std::collections::HashMap;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::active_protocol::{MetricsData, ServerMessage};
+use crate::dashboard::DashboardFeed;
+
+/// Values kept per customer for the charts: ten minutes of default 5 s ticks.
+pub(crate) const HISTORY_POINTS: usize = 120;
+/// Customers whose recent values are kept (24 bytes a point: under 3 MB in all).
+pub(crate) const HISTORY_CUSTOMERS: usize = 1_000;
+
+/// One tick of one customer, as the dashboard draws it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Point {
+    pub(crate) timestamp: Millis,
+    pub(crate) count: u64,
+    pub(crate) ema: f64,
+}
 
 struct Customer {
     latest: Option<MetricsData>,
     /// Ready-to-send `metrics:update` frames.
     updates: broadcast::Sender<Arc<str>>,
+    /// The latest ticks, oldest first; `None` for customers past [`HISTORY_CUSTOMERS`].
+    history: Option<VecDeque<Point>>,
 }
 
 impl Customer {
-    fn new() -> Self {
+    fn new(with_history: bool) -> Self {
         Self {
             latest: None,
             // Only the newest value matters: a slow client skips, never queues.
             updates: broadcast::channel(4).0,
+            history: with_history.then(VecDeque::new),
         }
+    }
+}
+
+/// A customer's recent values, for the dashboard.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CustomerHistory {
+    pub(crate) customer_id: TenantId,
+    pub(crate) points: Vec<Point>,
+}
+
+#[derive(Default)]
+struct Customers {
+    by_id: HashMap<TenantId, Customer>,
+    with_history: usize,
+}
+
+impl Customers {
+    fn entry(&mut self, tenant: &TenantId) -> &mut Customer {
+        if !self.by_id.contains_key(tenant) {
+            let with_history = self.with_history < HISTORY_CUSTOMERS;
+            self.with_history += usize::from(with_history);
+            self.by_id
+                .insert(tenant.clone(), Customer::new(with_history));
+        }
+        self.by_id
+            .get_mut(tenant)
+            .unwrap_or_else(|| unreachable!("inserted above"))
     }
 }
 
 /// Latest metrics per customer and their subscribers.
 #[derive(Default)]
 pub(crate) struct MetricsHub {
-    customers: RwLock<HashMap<TenantId, Customer>>,
+    customers: RwLock<Customers>,
+    dashboard: Arc<DashboardFeed>,
 }
 
 impl MetricsHub {
+    /// A hub that also tells `dashboard` of every tick.
+    pub(crate) fn new(dashboard: Arc<DashboardFeed>) -> Self {
+        Self {
+            customers: RwLock::default(),
+            dashboard,
+        }
+    }
+
     /// Frames of every future tick of `tenant`.
     pub(crate) fn subscribe(&self, tenant: &TenantId) -> broadcast::Receiver<Arc<str>> {
         let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
-        customers
-            .entry(tenant.clone())
-            .or_insert_with(Customer::new)
-            .updates
-            .subscribe()
+        customers.entry(tenant).updates.subscribe()
     }
 
     /// The latest metrics of `tenant`, if it ever ticked.
     pub(crate) fn latest(&self, tenant: &TenantId) -> Option<MetricsData> {
         let customers = self.customers.read().unwrap_or_else(|e| e.into_inner());
-        customers.get(tenant).and_then(|c| c.latest.clone())
+        customers.by_id.get(tenant).and_then(|c| c.latest.clone())
+    }
+
+    /// Every customer's recent values (only the latest for those without a history).
+    pub(crate) fn histories(&self) -> Vec<CustomerHistory> {
+        let customers = self.customers.read().unwrap_or_else(|e| e.into_inner());
+        customers
+            .by_id
+            .iter()
+            .filter_map(|(tenant, c)| {
+                let points: Vec<Point> = match (&c.history, &c.latest) {
+                    (Some(history), _) => history.iter().copied().collect(),
+                    (None, Some(latest)) => vec![Point::from(latest)],
+                    (None, None) => Vec::new(),
+                };
+                (!points.is_empty()).then(|| CustomerHistory {
+                    customer_id: tenant.clone(),
+                    points,
+                })
+            })
+            .collect()
     }
 
     /// Drops customers nobody listens to whose last value is older than `idle` (or who never
     /// ticked): the customer ids clients send cannot grow the map without bound.
     pub(crate) fn forget_idle(&self, now: Millis, idle_ms: u64) {
         let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
-        customers.retain(|_, c| {
+        customers.by_id.retain(|_, c| {
             c.updates.receiver_count() > 0
                 || c.latest
                     .as_ref()
                     .is_some_and(|m| now.since(m.timestamp) < idle_ms)
         });
+        customers.with_history = customers
+            .by_id
+            .values()
+            .filter(|c| c.history.is_some())
+            .count();
     }
 
     fn update(&self, metrics: &TenantMetrics) {
@@ -69,9 +146,7 @@ impl MetricsHub {
             .to_text()
             .into();
         let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
-        let customer = customers
-            .entry(metrics.tenant.clone())
-            .or_insert_with(Customer::new);
+        let customer = customers.entry(&metrics.tenant);
         if customer
             .latest
             .as_ref()
@@ -79,9 +154,21 @@ impl MetricsHub {
         {
             return;
         }
+        if let Some(history) = &mut customer.history {
+            if history.len() == HISTORY_POINTS {
+                history.pop_front();
+            }
+            history.push_back(Point::from(&data));
+        }
+        self.dashboard.metrics(&data);
         customer.latest = Some(data);
         let receivers = customer.updates.send(frame).unwrap_or(0);
         metrics::counter!("presence_metrics_updates_delivered_total").increment(receivers as u64);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn apply(&self, metrics: &TenantMetrics) {
+        self.update(metrics);
     }
 
     /// Follows the metrics stream until `shutdown`.
@@ -107,5 +194,69 @@ impl MetricsHub {
             },
         )
         .await;
+    }
+}
+
+impl From<&MetricsData> for Point {
+    fn from(m: &MetricsData) -> Self {
+        Self {
+            timestamp: m.timestamp,
+            count: m.count,
+            ema: m.ema,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use presence_events::SCHEMA_VERSION;
+
+    use super::*;
+
+    fn tick(tenant: &str, at: u64, count: u64) -> TenantMetrics {
+        TenantMetrics {
+            v: SCHEMA_VERSION,
+            tenant: TenantId::parse(tenant).unwrap(),
+            at: Millis(at),
+            count,
+            ema: count as f64,
+            seq: at,
+        }
+    }
+
+    #[test]
+    fn the_history_keeps_the_latest_points_in_order() {
+        let hub = MetricsHub::default();
+        for i in 0..(HISTORY_POINTS as u64 + 5) {
+            hub.apply(&tick("shop", 1_000 + i, i));
+        }
+        let histories = hub.histories();
+        let points = &histories[0].points;
+        assert_eq!(points.len(), HISTORY_POINTS);
+        assert_eq!(points[0].count, 5);
+        assert_eq!(points[HISTORY_POINTS - 1].count, HISTORY_POINTS as u64 + 4);
+        // An older tick arriving late is not drawn.
+        hub.apply(&tick("shop", 10, 99));
+        assert_eq!(hub.histories()[0].points.len(), HISTORY_POINTS);
+        assert!(hub.histories()[0].points.iter().all(|p| p.count != 99));
+    }
+
+    #[test]
+    fn only_a_bounded_number_of_customers_keep_a_history() {
+        let hub = MetricsHub::default();
+        for i in 0..(HISTORY_CUSTOMERS + 10) {
+            hub.apply(&tick(&format!("c{i}"), 1_000, 1));
+            hub.apply(&tick(&format!("c{i}"), 2_000, 2));
+        }
+        let histories = hub.histories();
+        assert_eq!(histories.len(), HISTORY_CUSTOMERS + 10);
+        let full = histories.iter().filter(|h| h.points.len() == 2).count();
+        assert_eq!(full, HISTORY_CUSTOMERS);
+        // Forgetting idle customers frees their places.
+        hub.forget_idle(Millis(2_000 + 600_001), 600_000);
+        assert!(hub.histories().is_empty());
+        hub.apply(&tick("late", 700_000, 3));
+        hub.apply(&tick("late", 705_000, 4));
+        assert_eq!(hub.histories()[0].points.len(), 2);
     }
 }

@@ -10,6 +10,7 @@ use presence_events::{
 };
 use serde::Serialize;
 
+use crate::dashboard::DashboardUser;
 use crate::visibility::VisibilityPolicy;
 
 /// What clients receive about one user: the `presence-update` payload and each entry of a
@@ -168,6 +169,27 @@ impl PresenceView {
             .filter(|(_, e)| e.online)
             .map(|(k, e)| (k.clone(), e.status))
             .collect()
+    }
+
+    /// How many users are online, and the first `limit` of them by tenant and user id.
+    pub(crate) fn online_page(&self, limit: usize) -> (usize, Vec<DashboardUser>) {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let mut online: Vec<(&UserKey, &Entry)> = known.iter().filter(|(_, e)| e.online).collect();
+        let total = online.len();
+        online.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let page = online
+            .into_iter()
+            .take(limit)
+            .map(|(k, e)| DashboardUser {
+                tenant: k.tenant.clone(),
+                user_id: k.user.clone(),
+                status: e.status,
+                online: e.online,
+                last_seen: e.last_seen.map(format_rfc3339),
+                details: e.details.clone(),
+            })
+            .collect();
+        (total, page)
     }
 
     /// Whether the user is known and online.
