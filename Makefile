@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps bench-persister check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench-persister check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -15,10 +15,16 @@ cluster: ## the compose topology as local processes: NATS, PostgreSQL, aggregato
 build:
 	$(CARGO) build --workspace --all-targets
 
-interop-deps: ## the official socket.io-client, for the interop test
+interop-deps: ## the official socket.io-client and playwright-core, for the interop and browser tests
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
-test: build interop-deps ## every test: unit, end-to-end (real NATS), interop (socket.io-client)
+sdk: ## the browser SDK: sdk/dist (ES modules + type declarations)
+	cd sdk && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+test-sdk: sdk ## the SDK's unit tests (leader election, backoff)
+	cd sdk && npm test
+
+test: build interop-deps test-sdk ## every test: unit, SDK, end-to-end (real NATS + PostgreSQL), interop, browser (Chromium)
 	scripts/with-services.sh $(CARGO) test --workspace
 
 test-unit:
