@@ -236,9 +236,9 @@ mod tests {
         assert_eq!(points[0].count, 5);
         assert_eq!(points[HISTORY_POINTS - 1].count, HISTORY_POINTS as u64 + 4);
         // An older tick arriving late is not drawn.
-        hub.apply(&tick("shop", 10, 99));
+        hub.apply(&tick("shop", 10, 9_999));
         assert_eq!(hub.histories()[0].points.len(), HISTORY_POINTS);
-        assert!(hub.histories()[0].points.iter().all(|p| p.count != 99));
+        assert!(hub.histories()[0].points.iter().all(|p| p.count != 9_999));
     }
 
     #[test]
