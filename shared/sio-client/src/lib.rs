@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,32 @@ pub enum SioError {
 
 type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
+/// A function called with each server event (name, data) as it arrives.
+pub type EventHandler = Arc<dyn Fn(&str, Value) + Send + Sync>;
+
+/// What becomes of the events the server sends.
+#[derive(Clone, Default)]
+pub enum Events {
+    /// Queued for [`SioClient::next_event`] and [`SioClient::wait_for`] (the default).
+    #[default]
+    Queue,
+    /// Dropped unparsed: for clients that receive many events and look at none of them.
+    /// Engine.IO pings and acknowledgements are still answered.
+    Discard,
+    /// Handed to a function on the connection's reader task, as they arrive.
+    Handler(EventHandler),
+}
+
+/// How [`SioClient::connect_with`] connects.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// What becomes of server events.
+    pub events: Events,
+    /// Size of the WebSocket read buffer, in bytes (`None`: tungstenite's default, 128 KiB,
+    /// which every read zero-fills: resident memory and memset time per connection).
+    pub read_buffer_size: Option<usize>,
+}
+
 /// One Socket.IO connection to the default namespace.
 pub struct SioClient {
     out: mpsc::UnboundedSender<Message>,
@@ -50,17 +77,31 @@ pub struct SioClient {
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
     heartbeat: Option<JoinHandle<()>>,
+    /// Its sender lives in the reader task: it is dropped when the connection ends.
+    open: watch::Receiver<()>,
 }
 
 impl SioClient {
     /// Connects to `base` (`http://host:port`) with `auth` as the handshake payload; resolves
     /// once the namespace accepted (or refused) the connection.
     pub async fn connect(base: &str, auth: Value) -> Result<Self, SioError> {
+        Self::connect_with(base, auth, ConnectOptions::default()).await
+    }
+
+    /// As [`SioClient::connect`], with `options`.
+    pub async fn connect_with(
+        base: &str,
+        auth: Value,
+        options: ConnectOptions,
+    ) -> Result<Self, SioError> {
         let url = format!(
             "{}/socket.io/?EIO=4&transport=websocket",
             base.replacen("http", "ws", 1)
         );
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let config = options
+            .read_buffer_size
+            .map(|size| WebSocketConfig::default().read_buffer_size(size));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, config, false).await?;
         let (mut sink, mut stream) = ws.split();
 
         // Engine.IO open packet.
@@ -102,9 +143,14 @@ impl SioClient {
 
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (events_tx, events) = mpsc::unbounded_channel();
+        let event_sink = match options.events {
+            Events::Queue => EventSink::Queue(events_tx),
+            Events::Discard => EventSink::Discard,
+            Events::Handler(f) => EventSink::Handler(f),
+        };
         let acks: Acks = Arc::default();
         for text in early {
-            dispatch(&text, &out, &events_tx, &acks);
+            dispatch(&text, &out, &event_sink, &acks);
         }
         let writer = tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
@@ -115,13 +161,15 @@ impl SioClient {
             }
             let _ = sink.close().await;
         });
+        let (open_tx, open) = watch::channel(());
         let reader = {
             let out = out.clone();
             let acks = acks.clone();
             tokio::spawn(async move {
+                let _open = open_tx;
                 while let Some(Ok(msg)) = stream.next().await {
                     let Message::Text(text) = msg else { continue };
-                    dispatch(text.as_str(), &out, &events_tx, &acks);
+                    dispatch(text.as_str(), &out, &event_sink, &acks);
                 }
             })
         };
@@ -134,7 +182,27 @@ impl SioClient {
             reader,
             writer,
             heartbeat: None,
+            open,
         })
+    }
+
+    /// Resolves once the connection has ended (closed by the server, or broken).
+    pub async fn closed(&self) {
+        let mut open = self.open.clone();
+        // Only the end of the reader task (which drops the sender) completes this.
+        while open.changed().await.is_ok() {}
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.reader.is_finished()
+    }
+
+    /// Sends one `user:heartbeat`, as [`SioClient::start_heartbeat`] does on its timer.
+    pub fn heartbeat(&self) -> Result<(), SioError> {
+        self.out
+            .send(Message::text(HEARTBEAT))
+            .map_err(|_| SioError::Closed)
     }
 
     /// The Socket.IO session id the server gave.
@@ -182,7 +250,7 @@ impl SioClient {
             let mut timer = tokio::time::interval(every);
             loop {
                 timer.tick().await;
-                if out.send(Message::text("42[\"user:heartbeat\"]")).is_err() {
+                if out.send(Message::text(HEARTBEAT)).is_err() {
                     return;
                 }
             }
@@ -251,6 +319,32 @@ impl Drop for SioClient {
     }
 }
 
+/// The `user:heartbeat` event packet.
+const HEARTBEAT: &str = "42[\"user:heartbeat\"]";
+
+/// Where [`dispatch`] puts events.
+enum EventSink {
+    Queue(mpsc::UnboundedSender<(String, Value)>),
+    Discard,
+    Handler(EventHandler),
+}
+
+impl EventSink {
+    fn wants_events(&self) -> bool {
+        !matches!(self, EventSink::Discard)
+    }
+
+    fn deliver(&self, name: String, data: Value) {
+        match self {
+            EventSink::Queue(tx) => {
+                let _ = tx.send((name, data));
+            }
+            EventSink::Discard => {}
+            EventSink::Handler(f) => f(&name, data),
+        }
+    }
+}
+
 async fn next_text<S>(stream: &mut S) -> Result<String, SioError>
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -265,12 +359,7 @@ where
     }
 }
 
-fn dispatch(
-    text: &str,
-    out: &mpsc::UnboundedSender<Message>,
-    events: &mpsc::UnboundedSender<(String, Value)>,
-    acks: &Acks,
-) {
+fn dispatch(text: &str, out: &mpsc::UnboundedSender<Message>, events: &EventSink, acks: &Acks) {
     if text == "2" {
         let _ = out.send(Message::text("3"));
         return;
@@ -283,14 +372,14 @@ fn dispatch(
     let digits = body.bytes().take_while(u8::is_ascii_digit).count();
     let (id, json) = body.split_at(digits);
     match kind {
-        Some(b'2') => {
+        Some(b'2') if events.wants_events() => {
             if let Ok(Value::Array(mut parts)) = serde_json::from_str::<Value>(json) {
                 if parts.is_empty() {
                     return;
                 }
                 let name = parts.remove(0).as_str().unwrap_or_default().to_owned();
                 let data = parts.into_iter().next().unwrap_or(Value::Null);
-                let _ = events.send((name, data));
+                events.deliver(name, data);
             }
         }
         Some(b'3') => {
@@ -303,9 +392,7 @@ fn dispatch(
                 let _ = tx.send(data);
             }
         }
-        Some(b'1') => {
-            let _ = events.send(("disconnect".into(), Value::Null));
-        }
+        Some(b'1') => events.deliver("disconnect".into(), Value::Null),
         _ => {}
     }
 }

@@ -1,0 +1,47 @@
+//! The parts of `presence-bench`.
+//!
+//! # Processes
+//!
+//! One process can hold only so many sockets (its open-files limit), so the load is spread
+//! over worker processes: the process started by the user is the *coordinator*; it starts
+//! `--processes` copies of itself as `presence-bench worker --index i …` (through `sh -c` to
+//! raise the soft open-files limit to the hard one first) and talks to them over their
+//! standard streams, one line per message:
+//!
+//! | coordinator → worker | worker → coordinator |
+//! | --- | --- |
+//! | | `ready` |
+//! | `start`: open your connections on the ramp schedule | `progress <attempted> <ok>` every second of the ramp |
+//! | | `ramped {counts}` once every connection was attempted |
+//! | `hold`: start churning | |
+//! | `stop`: close everything and report | `result {connections, action log, …}` |
+//!
+//! Worker `w` of `P` owns users `u` with `u % P == w` (and likewise the active-users and HTTP
+//! clients), so the ramp keeps its global order. Observers live in the coordinator.
+//!
+//! # Time
+//!
+//! Every action (connect started, connected, left, closed, dropped) and every observed update
+//! is stamped with wall-clock microseconds since the epoch, the one clock all processes share.
+//! Workers log facts per connection; the coordinator derives users' online and offline
+//! transitions from them and matches them with what the observers saw ([`analysis`]).
+
+mod analysis;
+mod cli;
+mod common;
+mod coordinator;
+mod http1;
+mod probes;
+mod report;
+mod worker;
+
+use clap::Parser;
+
+/// Entry point: coordinator unless started as a worker.
+pub(crate) async fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        Some(cli::Command::Worker(args)) => worker::run(args).await,
+        None => coordinator::run(cli.run).await,
+    }
+}
