@@ -6,6 +6,7 @@ use presence_events::{PresenceChange, Subjects};
 use presence_log::{EventLog, StartAt};
 use presence_telemetry::Readiness;
 use socketioxide::SocketIo;
+use socketioxide::{BroadcastError, SocketError};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -61,16 +62,39 @@ impl FanOut {
         let rooms = self.policy.rooms_seeing(&change.tenant, &change.class);
         let update = PresenceUpdate::from_change(change);
         let deliveries = self.local.sockets_in(&rooms);
-        match self.io.to(rooms).emit("presence-update", &update).await {
-            Ok(()) => {
-                metrics::counter!("presence_fanout_changes_total").increment(1);
-                metrics::counter!("presence_fanout_deliveries_total").increment(deliveries);
+        metrics::counter!("presence_fanout_changes_total").increment(1);
+        let (full, closed) = match self.io.to(rooms).emit("presence-update", &update).await {
+            Ok(()) => (0, 0),
+            Err(BroadcastError::Socket(errors)) => {
+                let full = errors
+                    .iter()
+                    .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                    .count() as u64;
+                (full, errors.len() as u64 - full)
             }
-            // Some sockets were closing: they are gone, nobody is left to tell.
             Err(e) => {
-                metrics::counter!("presence_fanout_send_failures_total").increment(1);
-                tracing::debug!(error = %e, "a presence update missed closing sockets");
+                metrics::counter!("presence_fanout_send_failures_total", "reason" => "other")
+                    .increment(1);
+                tracing::error!(error = %e, "a presence update could not be sent");
+                return;
             }
+        };
+        metrics::counter!("presence_fanout_deliveries_total")
+            .increment(deliveries.saturating_sub(full + closed));
+        // Closing sockets are gone: nobody is left to tell.
+        if closed > 0 {
+            metrics::counter!("presence_fanout_send_failures_total", "reason" => "closed")
+                .increment(closed);
+        }
+        // A viewer this far behind misses the update: counted and logged, never silent.
+        if full > 0 {
+            metrics::counter!("presence_fanout_send_failures_total", "reason" => "full")
+                .increment(full);
+            tracing::warn!(
+                sockets = full,
+                user = %change.user,
+                "viewers whose send buffer is full missed a presence update (PRESENCE_SOCKET_BUFFER)"
+            );
         }
     }
 }

@@ -92,6 +92,11 @@ pub struct EdgeConfig {
     /// Time an active-users WebSocket has to send `auth` before it is closed (ms).
     #[arg(long, env = "PRESENCE_WS_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
     pub ws_auth_timeout_ms: u64,
+    /// Packets queued per Socket.io connection before updates to it are dropped (a burst of
+    /// changes, such as a mass disconnect, queues one packet per change on every viewer).
+    /// Slots are allocated as they fill: an idle connection costs the same at any size.
+    #[arg(long, env = "PRESENCE_SOCKET_BUFFER", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub socket_buffer: u64,
     /// Rate limits of the active-users endpoints.
     #[command(flatten)]
     pub rate_limits: RateLimitConfig,
@@ -237,7 +242,10 @@ impl Edge {
             shutdown.clone(),
         ));
         let local = Arc::new(LocalConnections::default());
-        let (layer, io) = SocketIo::builder().max_payload(64 * 1024).build_layer();
+        let (layer, io) = SocketIo::builder()
+            .max_payload(64 * 1024)
+            .max_buffer_size(self.config.socket_buffer as usize)
+            .build_layer();
         let directory = self
             .store
             .clone()

@@ -161,32 +161,23 @@ pub async fn publish_durable(log: &dyn EventLog, msg: Outgoing) -> Result<u64, L
 /// Appends `messages` in order and waits until all are durable, retrying with backoff until
 /// it succeeds or `shutdown` is cancelled. Returns `false` only when cancelled before success.
 ///
-/// The first attempt pipelines the whole batch. After a failure the rest is appended one at
-/// a time from the first message that failed, each waiting for its ack, so a retried message
-/// can only land after later ones if those were already stored (and a retry of a stored
-/// message is dropped as a duplicate by its id).
+/// Messages are pipelined in windows of [`PUBLISH_WINDOW`]: a window is sent, then all its
+/// acks are awaited together. After a failure, appending resumes from the first message not
+/// known durable. A retried message can only land after later ones if those were already
+/// stored (and a retry of a stored message is dropped as a duplicate by its id).
 pub async fn publish_all_durable(
     log: &dyn EventLog,
     messages: &[Outgoing],
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    let mut from = match pipelined(log, messages).await {
-        Ok(()) => return true,
-        Err((index, e)) => {
-            tracing::warn!(error = %e, count = messages.len() - index, "publish failed; retrying");
-            index
-        }
-    };
+    let mut from = 0;
     let mut backoff = Duration::from_millis(50);
-    while from < messages.len() {
-        match publish_durable(log, messages[from].clone()).await {
-            Ok(_) => {
-                from += 1;
-                backoff = Duration::from_millis(50);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "publish failed; retrying");
+    loop {
+        match pipelined(log, &messages[from..]).await {
+            Ok(()) => return true,
+            Err((index, e)) => {
+                from += index;
+                tracing::warn!(error = %e, count = messages.len() - from, retry_in = ?backoff, "publish failed; retrying");
             }
         }
         tokio::select! {
@@ -195,20 +186,39 @@ pub async fn publish_all_durable(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    true
 }
 
-/// Sends all, then waits for all; on failure, the index of the first message not known durable.
+/// Messages in flight at once in [`publish_all_durable`].
+pub const PUBLISH_WINDOW: usize = 1_000;
+
+/// Sends and confirms `messages` window by window; on failure, the index of the first
+/// message not known durable. Every ack of a window is awaited, together, before returning:
+/// none is left pending behind the caller's back.
 async fn pipelined(log: &dyn EventLog, messages: &[Outgoing]) -> Result<(), (usize, LogError)> {
-    let mut acks = Vec::with_capacity(messages.len());
-    for (i, msg) in messages.iter().enumerate() {
-        match log.publish(msg.clone()).await {
-            Ok(ack) => acks.push(ack),
-            Err(e) => return Err((i, e)),
+    for (w, window) in messages.chunks(PUBLISH_WINDOW).enumerate() {
+        let base = w * PUBLISH_WINDOW;
+        let mut acks = Vec::with_capacity(window.len());
+        let mut send_error = None;
+        for (i, msg) in window.iter().enumerate() {
+            match log.publish(msg.clone()).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    send_error = Some((base + i, e));
+                    break;
+                }
+            }
         }
-    }
-    for (i, ack) in acks.into_iter().enumerate() {
-        ack.await.map_err(|e| (i, e))?;
+        let results = futures::future::join_all(acks).await;
+        if let Some((i, e)) = results
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, r)| r.err().map(|e| (i, e)))
+        {
+            return Err((base + i, e));
+        }
+        if let Some(failed) = send_error {
+            return Err(failed);
+        }
     }
     Ok(())
 }

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The benchmark suite at a size this machine holds (`make bench`): presence-bench against
+# `presence standalone` and against a local cluster (NATS JetStream, aggregator, edges),
+# the aggregator's fold and replay rate from a pre-filled stream, and the persister's write
+# rate. Figures are printed as they come; JSON reports land in target/bench/.
+#
+#   scripts/bench.sh [quick|full]     quick (default): 1k and 10k connections
+#                                     full: also the largest runs (19k on one edge, 3 edges)
+# Needs release builds (make bench builds them) and nats-server / PostgreSQL (started by
+# scripts/with-services.sh, which runs this script).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size=${1:-quick}
+bin=target/release
+out=target/bench
+mkdir -p "$out"
+secret=bench-secret
+timeout_ms=15000
+sweep_ms=3000
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Common environment of every role: production timings, limits out of the way of the load.
+role_env=(
+  JWT_SECRET=$secret PRESENCE_ENV=production RUST_LOG=warn
+  PRESENCE_HEARTBEAT_TIMEOUT_MS=$timeout_ms PRESENCE_SWEEP_INTERVAL_MS=$sweep_ms
+  PRESENCE_RATE_LIMIT_IP_PER_MIN=100000000 PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN=100000000
+)
+
+# start ROLE NAME [ENV...]: starts `presence ROLE` with its own ports; sets $started_pid,
+# $started_http and $started_admin.
+start() {
+  local role=$1 name=$2; shift 2
+  local http admin
+  http=$(free_port); admin=$(free_port)
+  env "${role_env[@]}" PRESENCE_HTTP_ADDR=127.0.0.1:$http PRESENCE_ADMIN_ADDR=127.0.0.1:$admin \
+    PRESENCE_NODE_ID="$name" "$@" \
+    sh -c 'ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"' "$bin/presence" "$role" \
+    > "$out/$name.log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+  started_http=http://127.0.0.1:$http
+  started_admin=http://127.0.0.1:$admin
+  for _ in $(seq 1 200); do
+    curl -sf "$started_admin/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "$role $name did not become ready; its log:" >&2
+  cat "$out/$name.log" >&2
+  exit 1
+}
+
+stop_all() { cleanup; pids=(); }
+
+# load NAME USERS [presence-bench flags...]: one presence-bench run against $edges.
+load() {
+  local name=$1 users=$2; shift 2
+  echo
+  echo "=== $name: $users users ==="
+  local edge_flags=() e
+  for e in "${edges[@]}"; do edge_flags+=(--edge "$e"); done
+  "$bin/presence-bench" "${edge_flags[@]}" --users "$users" --jwt-secret $secret \
+    --timeout-ms $timeout_ms --sweep-ms $sweep_ms "${probes[@]}" \
+    --json "$out/$name.json" "$@"
+}
+
+# --- standalone -------------------------------------------------------------------------
+for users in 1000 10000; do
+  start standalone standalone
+  edges=("$started_http")
+  probes=(--proc "standalone=$started_pid" --metrics "standalone=$started_admin/metrics")
+  load "standalone-$users" "$users" --ramp-per-sec 1000 --hold-secs 30 \
+    --churn-per-sec 5 --silent-percent 2
+  stop_all
+done
+
+# --- cluster: NATS JetStream + aggregator + edges ---------------------------------------
+cluster() {
+  local n_edges=$1 ns
+  ns=bench$(date +%s%N | tail -c 9)
+  start aggregator aggregator PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL"
+  probes=(--proc "aggregator=$started_pid" --metrics "aggregator=$started_admin/metrics")
+  edges=()
+  for i in $(seq 1 "$n_edges"); do
+    start edge "edge-$i" PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL"
+    edges+=("$started_http")
+    probes+=(--proc "edge-$i=$started_pid" --metrics "edge-$i=$started_admin/metrics")
+  done
+}
+
+for users in 1000 10000; do
+  cluster 1
+  load "cluster-$users" "$users" --ramp-per-sec 1000 --hold-secs 30 \
+    --churn-per-sec 5 --silent-percent 2
+  stop_all
+done
+
+if [[ $size == full ]]; then
+  # One edge at the edge of its 20,000 open files; then three edges.
+  cluster 1
+  load "cluster-19000" 19000 --ramp-per-sec 1000 --hold-secs 30
+  stop_all
+  cluster 3
+  load "cluster-3-edges-50000" 50000 --ramp-per-sec 1000 --hold-secs 30
+  stop_all
+fi
+
+# --- aggregator and replay, persister ---------------------------------------------------
+echo
+echo "=== aggregator: fold and replay from a pre-filled stream ==="
+PRESENCE_BIN=$bin/presence "$bin/presence-bench-aggregator" 100000 20
+echo
+echo "=== persister: a burst of 10,000 changes ==="
+PRESENCE_BIN=$bin/presence "$bin/presence-bench-persister" 10000
