@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench-persister check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-aggregator bench-persister check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -36,6 +36,18 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+bench: ## the benchmark suite at 1k and 10k connections (standalone and cluster), aggregator and replay, persister
+	$(CARGO) build --release -p presence -p presence-e2e
+	scripts/with-services.sh scripts/bench.sh quick
+
+bench-full: ## the suite plus the largest runs: 19,000 connections on one edge, 50,000 over three edges
+	$(CARGO) build --release -p presence -p presence-e2e
+	scripts/with-services.sh scripts/bench.sh full
+
+bench-aggregator: ## heartbeats/s folded by the aggregator from a pre-filled stream, and the replay rate
+	$(CARGO) build --release -p presence -p presence-e2e
+	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-aggregator 100000 20
 
 bench-persister: ## rows/s of the persister on a burst of 10,000 changes (real NATS + PostgreSQL)
 	$(CARGO) build --release -p presence -p presence-e2e
