@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-aggregator bench-persister check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-aggregator bench-persister check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -44,6 +44,10 @@ bench: ## the benchmark suite at 1k and 10k connections (standalone and cluster)
 bench-full: ## the suite plus the largest runs: 19,000 connections on one edge, 50,000 over three edges
 	$(CARGO) build --release -p presence -p presence-e2e
 	scripts/with-services.sh scripts/bench.sh full
+
+bench-churn: ## five minutes of churn and silent users at 10,000 connections: ghost-seconds and false offlines
+	$(CARGO) build --release -p presence -p presence-e2e
+	scripts/with-services.sh scripts/bench.sh churn
 
 bench-aggregator: ## heartbeats/s folded by the aggregator from a pre-filled stream, and the replay rate
 	$(CARGO) build --release -p presence -p presence-e2e

@@ -4,8 +4,9 @@
 # the aggregator's fold and replay rate from a pre-filled stream, and the persister's write
 # rate. Figures are printed as they come; JSON reports land in target/bench/.
 #
-#   scripts/bench.sh [quick|full]     quick (default): 1k and 10k connections
-#                                     full: also the largest runs (19k on one edge, 3 edges)
+#   scripts/bench.sh [quick|full|churn]  quick (default): 1k and 10k connections
+#                                        full: also the largest runs (19k on one edge, 3 edges)
+#                                        churn: only a 5-minute churn run at 10k (ghosts, flaps)
 # Needs release builds (make bench builds them) and nats-server / PostgreSQL (started by
 # scripts/with-services.sh, which runs this script).
 set -euo pipefail
@@ -69,14 +70,17 @@ load() {
 }
 
 # --- standalone -------------------------------------------------------------------------
-for users in 1000 10000; do
-  start standalone standalone
-  edges=("$started_http")
-  probes=(--proc "standalone=$started_pid" --metrics "standalone=$started_admin/metrics")
-  load "standalone-$users" "$users" --ramp-per-sec 1000 --hold-secs 30 \
-    --churn-per-sec 5 --silent-percent 2
-  stop_all
-done
+standalone_runs() {
+  local users
+  for users in 1000 10000; do
+    start standalone standalone
+    edges=("$started_http")
+    probes=(--proc "standalone=$started_pid" --metrics "standalone=$started_admin/metrics")
+    load "standalone-$users" "$users" --ramp-per-sec 1000 --hold-secs 30 \
+      --churn-per-sec 5 --silent-percent 2
+    stop_all
+  done
+}
 
 # --- cluster: NATS JetStream + aggregator + edges ---------------------------------------
 cluster() {
@@ -92,14 +96,21 @@ cluster() {
   done
 }
 
-for users in 1000 10000; do
+cluster_runs() {
+  local users
+  for users in 1000 10000; do
+    cluster 1
+    load "cluster-$users" "$users" --ramp-per-sec 1000 --hold-secs 30 \
+      --churn-per-sec 5 --silent-percent 2
+    stop_all
+  done
+  # Heartbeat cost: male users only, so their updates reach just the observers; no churn.
   cluster 1
-  load "cluster-$users" "$users" --ramp-per-sec 1000 --hold-secs 30 \
-    --churn-per-sec 5 --silent-percent 2
+  load "heartbeat-cost-10000" 10000 --female-percent 0 --ramp-per-sec 500 --hold-secs 60
   stop_all
-done
+}
 
-if [[ $size == full ]]; then
+largest_runs() {
   # One edge at the edge of its 20,000 open files; then three edges.
   cluster 1
   load "cluster-19000" 19000 --ramp-per-sec 1000 --hold-secs 30
@@ -107,12 +118,29 @@ if [[ $size == full ]]; then
   cluster 3
   load "cluster-3-edges-50000" 50000 --ramp-per-sec 1000 --hold-secs 30
   stop_all
-fi
+}
+
+churn_run() {
+  # Five minutes of users leaving and coming back, and of silent users: ghosts and flaps.
+  cluster 1
+  load "churn-5min-10000" 10000 --ramp-per-sec 500 --hold-secs 300 \
+    --churn-per-sec 10 --silent-percent 2
+  stop_all
+}
 
 # --- aggregator and replay, persister ---------------------------------------------------
-echo
-echo "=== aggregator: fold and replay from a pre-filled stream ==="
-PRESENCE_BIN=$bin/presence "$bin/presence-bench-aggregator" 100000 20
-echo
-echo "=== persister: a burst of 10,000 changes ==="
-PRESENCE_BIN=$bin/presence "$bin/presence-bench-persister" 10000
+log_runs() {
+  echo
+  echo "=== aggregator: fold and replay from a pre-filled stream ==="
+  PRESENCE_BIN=$bin/presence "$bin/presence-bench-aggregator" 100000 20
+  echo
+  echo "=== persister: a burst of 10,000 changes ==="
+  PRESENCE_BIN=$bin/presence "$bin/presence-bench-persister" 10000
+}
+
+case $size in
+  quick) standalone_runs; cluster_runs; log_runs ;;
+  full) standalone_runs; cluster_runs; largest_runs; log_runs ;;
+  churn) churn_run ;;
+  *) echo "usage: $0 [quick|full|churn]" >&2; exit 2 ;;
+esac
