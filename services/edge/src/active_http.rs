@@ -11,7 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use presence_events::{EventBody, Millis, SessionBeatEntry, TenantId, Transport};
+use presence_events::{EventBody, Millis, TenantId, Transport};
 use serde::Serialize;
 
 use crate::active_protocol::{InputError, MetricsData, TabRequest, parse_tab_request};
@@ -143,49 +143,59 @@ async fn handle(
             retry_after_secs,
         } => return too_many_requests(by, info, retry_after_secs),
     };
-    match cx.publisher.publish(event_of(action, request)).await {
-        Ok(_) => (
+    // Beats join the edge's batch (one append per flush for all of them); joins and leaves
+    // are appended at once. Either way the answer waits until the event is durable.
+    let stored = match action {
+        Action::Beat => cx.beats.tab_beat_durable(request.tab).await,
+        Action::Join => append(cx, endpoint, join_event(request)).await,
+        Action::Leave => append(cx, endpoint, leave_event(request)).await,
+    };
+    if stored {
+        (
             StatusCode::OK,
             rate_headers(info),
             Json(Success { success: true }),
         )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, endpoint, "could not append an active-users event");
-            let body = Json(ErrorBody {
-                error: "Service Unavailable",
-                code: "unavailable",
-                message: "the event could not be stored; retry",
-                field: None,
-            });
-            (StatusCode::SERVICE_UNAVAILABLE, rate_headers(info), body).into_response()
-        }
+            .into_response()
+    } else {
+        let body = Json(ErrorBody {
+            error: "Service Unavailable",
+            code: "unavailable",
+            message: "the event could not be stored; retry",
+            field: None,
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, rate_headers(info), body).into_response()
     }
 }
 
-fn event_of(action: Action, request: TabRequest) -> EventBody {
+fn join_event(request: TabRequest) -> EventBody {
     let TabRequest { tab, platform } = request;
-    match action {
-        Action::Join => EventBody::SessionJoin {
-            tenant: tab.tenant,
-            session: tab.session,
-            tab: tab.tab,
-            transport: Transport::Http,
-            platform,
-        },
-        Action::Beat => EventBody::SessionBeat {
-            beats: vec![SessionBeatEntry {
-                tenant: tab.tenant,
-                session: tab.session,
-                tab: tab.tab,
-                at: Millis::now(),
-            }],
-        },
-        Action::Leave => EventBody::SessionLeave {
-            tenant: tab.tenant,
-            session: tab.session,
-            tab: tab.tab,
-        },
+    EventBody::SessionJoin {
+        tenant: tab.tenant,
+        session: tab.session,
+        tab: tab.tab,
+        transport: Transport::Http,
+        platform,
+    }
+}
+
+fn leave_event(request: TabRequest) -> EventBody {
+    let tab = request.tab;
+    EventBody::SessionLeave {
+        tenant: tab.tenant,
+        session: tab.session,
+        tab: tab.tab,
+    }
+}
+
+/// Appends a join or leave; `false` when the log did not take it.
+async fn append(cx: &ActiveUsersContext, endpoint: &'static str, event: EventBody) -> bool {
+    match cx.publisher.publish(event).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, endpoint, "could not append an active-users event");
+            false
+        }
     }
 }
 

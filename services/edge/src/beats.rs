@@ -25,6 +25,8 @@ const MAX_BEATS_PER_MESSAGE: usize = 2_000;
 enum Command {
     Beat(BeatEntry),
     TabBeat(TabRef),
+    /// A tab's beat whose sender waits until it is durable (`true`) or abandoned (`false`).
+    DurableTabBeat(TabRef, oneshot::Sender<bool>),
     Forget(ConnId, oneshot::Sender<()>),
     ForgetTab(TabRef, oneshot::Sender<()>),
 }
@@ -33,6 +35,8 @@ enum Command {
 struct Pending {
     conns: HashMap<ConnId, BeatEntry>,
     tabs: HashMap<TabRef, Millis>,
+    /// Senders of the beats in this batch that wait for it to be durable.
+    waiters: Vec<oneshot::Sender<bool>>,
 }
 
 /// Handle to the batching task.
@@ -66,6 +70,21 @@ impl BeatBatcher {
 
     /// Drops the pending beat of `conn`; returns once any beat of it already being appended
     /// is durable, so a `leave` appended afterwards comes after it in the log.
+    /// A tab's beat over HTTP: batched like the others, and answered once its batch is
+    /// durably in the log (`false` if it could not be appended, or the edge is stopping).
+    pub(crate) async fn tab_beat_durable(&self, tab: TabRef) -> bool {
+        let (done, wait) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::DurableTabBeat(tab, done))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+
     pub(crate) async fn forget(&self, conn: ConnId) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::Forget(conn, done)).await.is_ok() {
@@ -100,6 +119,10 @@ async fn batch_beats(
                 Some(Command::TabBeat(tab)) => {
                     pending.tabs.insert(tab, Millis::now());
                 }
+                Some(Command::DurableTabBeat(tab, done)) => {
+                    pending.tabs.insert(tab, Millis::now());
+                    pending.waiters.push(done);
+                }
                 Some(Command::Forget(conn, done)) => {
                     pending.conns.remove(&conn);
                     let _ = done.send(());
@@ -128,6 +151,7 @@ async fn batch_beats(
 }
 
 async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &CancellationToken) {
+    let waiters = std::mem::take(&mut pending.waiters);
     let mut messages = Vec::new();
     if !pending.conns.is_empty() {
         let mut beats: Vec<BeatEntry> = pending.conns.drain().map(|(_, entry)| entry).collect();
@@ -163,4 +187,58 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
     let outcome = if published { "ok" } else { "abandoned" };
     metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => outcome)
         .increment(messages.len() as u64);
+    for waiter in waiters {
+        let _ = waiter.send(published);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use presence_events::{NodeId, SessionId, Subjects, TabId, TenantId};
+    use presence_log::{EventLog, MemoryLog, StreamSpec};
+
+    use super::*;
+
+    fn tab(id: &str) -> TabRef {
+        TabRef {
+            tenant: TenantId::parse("shop").unwrap(),
+            session: SessionId::parse(format!("s-{id}")).unwrap(),
+            tab: TabId::parse(format!("t-{id}")).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn http_beats_share_one_append_and_are_answered_once_it_is_durable() {
+        let log = Arc::new(MemoryLog::new());
+        let subjects = Subjects::new("test");
+        log.ensure_stream(StreamSpec {
+            name: subjects.events_stream(),
+            subjects: vec![subjects.events_wildcard()],
+            max_msgs_per_subject: 0,
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+            duplicate_window: Duration::from_secs(120),
+        })
+        .await
+        .unwrap();
+        let publisher = EventPublisher::new(
+            log.clone(),
+            subjects.clone(),
+            NodeId::parse("edge").unwrap(),
+        );
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let beats = BeatBatcher::start(publisher, Duration::from_millis(50), &tasks, shutdown);
+        let stored = futures::future::join_all((0..20).map(|i| {
+            let beats = beats.clone();
+            async move { beats.tab_beat_durable(tab(&i.to_string())).await }
+        }))
+        .await;
+        assert!(stored.iter().all(|ok| *ok), "{stored:?}");
+        // Twenty beats, answered only after they were appended, in one message.
+        let appended = log.last_sequence(&subjects.events_stream()).await.unwrap();
+        assert!((1..=2).contains(&appended), "{appended} appends");
+    }
 }
