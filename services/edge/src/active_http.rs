@@ -18,6 +18,10 @@ use crate::active_protocol::{InputError, MetricsData, TabRequest, parse_tab_requ
 use crate::active_users::ActiveUsersContext;
 use crate::rate_limit::{RateInfo, Verdict, rate_headers, too_many_requests};
 
+/// How much longer than a beat flush an HTTP beat waits for its batch to be durable before
+/// it is answered 503.
+const BEAT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy)]
 enum Action {
     Join,
@@ -146,9 +150,18 @@ async fn handle(
     // Beats join the edge's batch (one append per flush for all of them); joins and leaves
     // are appended at once. Either way the answer waits until the event is durable.
     let stored = match action {
-        Action::Beat => cx.beats.tab_beat_durable(request.tab).await,
+        Action::Beat => {
+            let within = cx.beat_flush + BEAT_GRACE;
+            cx.beats
+                .tab_beat_durable(request.tab, Millis::now(), within)
+                .await
+        }
         Action::Join => append(cx, endpoint, join_event(request)).await,
-        Action::Leave => append(cx, endpoint, leave_event(request)).await,
+        Action::Leave => {
+            // A beat of this tab still waiting in the batch must not land after its leave.
+            cx.beats.forget_tab(request.tab.clone()).await;
+            append(cx, endpoint, leave_event(request)).await
+        }
     };
     if stored {
         (

@@ -22,6 +22,8 @@ use crate::{active_http, active_ws};
 pub(crate) struct ActiveUsersContext {
     pub(crate) publisher: EventPublisher,
     pub(crate) beats: BeatBatcher,
+    /// How often the beat batch is appended.
+    pub(crate) beat_flush: std::time::Duration,
     pub(crate) hub: Arc<MetricsHub>,
     pub(crate) limits: RateLimits,
     /// Time a WebSocket has to authenticate.

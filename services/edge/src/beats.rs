@@ -25,8 +25,8 @@ const MAX_BEATS_PER_MESSAGE: usize = 2_000;
 enum Command {
     Beat(BeatEntry),
     TabBeat(TabRef),
-    /// A tab's beat whose sender waits until it is durable (`true`) or abandoned (`false`).
-    DurableTabBeat(TabRef, oneshot::Sender<bool>),
+    /// A tab's beat (at its arrival time) whose sender waits until it is durable (`true`).
+    DurableTabBeat(TabRef, Millis, oneshot::Sender<bool>),
     Forget(ConnId, oneshot::Sender<()>),
     ForgetTab(TabRef, oneshot::Sender<()>),
 }
@@ -70,19 +70,19 @@ impl BeatBatcher {
 
     /// Drops the pending beat of `conn`; returns once any beat of it already being appended
     /// is durable, so a `leave` appended afterwards comes after it in the log.
-    /// A tab's beat over HTTP: batched like the others, and answered once its batch is
-    /// durably in the log (`false` if it could not be appended, or the edge is stopping).
-    pub(crate) async fn tab_beat_durable(&self, tab: TabRef) -> bool {
+    /// A tab's beat over HTTP, received at `at`: batched like the others, and answered once
+    /// its batch is durably in the log. `false` if that did not happen within `within` (the
+    /// log is unavailable) or the edge is stopping; the beat may still be appended later.
+    pub(crate) async fn tab_beat_durable(&self, tab: TabRef, at: Millis, within: Duration) -> bool {
         let (done, wait) = oneshot::channel();
-        if self
-            .tx
-            .send(Command::DurableTabBeat(tab, done))
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        wait.await.unwrap_or(false)
+        let stored = async {
+            self.tx
+                .send(Command::DurableTabBeat(tab, at, done))
+                .await
+                .is_ok()
+                && wait.await.unwrap_or(false)
+        };
+        tokio::time::timeout(within, stored).await.unwrap_or(false)
     }
 
     pub(crate) async fn forget(&self, conn: ConnId) {
@@ -119,8 +119,9 @@ async fn batch_beats(
                 Some(Command::TabBeat(tab)) => {
                     pending.tabs.insert(tab, Millis::now());
                 }
-                Some(Command::DurableTabBeat(tab, done)) => {
-                    pending.tabs.insert(tab, Millis::now());
+                Some(Command::DurableTabBeat(tab, at, done)) => {
+                    let latest = pending.tabs.entry(tab).or_insert(at);
+                    *latest = (*latest).max(at);
                     pending.waiters.push(done);
                 }
                 Some(Command::Forget(conn, done)) => {
@@ -181,6 +182,10 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
         }));
     }
     if messages.is_empty() {
+        // Every waiting beat was superseded by its tab's leave: nothing is left to store.
+        for waiter in waiters {
+            let _ = waiter.send(true);
+        }
         return;
     }
     let published = publish_all_durable(publisher.log(), &messages, shutdown).await;
@@ -233,7 +238,12 @@ mod tests {
         let beats = BeatBatcher::start(publisher, Duration::from_millis(50), &tasks, shutdown);
         let stored = futures::future::join_all((0..20).map(|i| {
             let beats = beats.clone();
-            async move { beats.tab_beat_durable(tab(&i.to_string())).await }
+            async move {
+                let within = Duration::from_secs(5);
+                beats
+                    .tab_beat_durable(tab(&i.to_string()), Millis::now(), within)
+                    .await
+            }
         }))
         .await;
         assert!(stored.iter().all(|ok| *ok), "{stored:?}");

@@ -7,7 +7,8 @@ use presence_log::{EventLog, StartAt};
 use presence_telemetry::Readiness;
 use socketioxide::SocketIo;
 use socketioxide::{BroadcastError, SocketError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::dashboard::DashboardFeed;
@@ -24,7 +25,12 @@ pub(crate) struct FanOut {
     pub(crate) readiness: Readiness,
     pub(crate) local: Arc<LocalConnections>,
     pub(crate) dashboard: Arc<DashboardFeed>,
+    /// When viewers with a full buffer were last logged.
+    pub(crate) last_full_warning: Mutex<Option<Instant>>,
 }
+
+/// Viewers with a full buffer are logged at most this often.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 impl FanOut {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -86,15 +92,24 @@ impl FanOut {
             metrics::counter!("presence_fanout_send_failures_total", "reason" => "closed")
                 .increment(closed);
         }
-        // A viewer this far behind misses the update: counted and logged, never silent.
+        // A viewer this far behind misses the update: counted, and logged at most every 10 s
+        // (bursts are when it happens), never silent.
         if full > 0 {
             metrics::counter!("presence_fanout_send_failures_total", "reason" => "full")
                 .increment(full);
-            tracing::warn!(
-                sockets = full,
-                user = %change.user,
-                "viewers whose send buffer is full missed a presence update (PRESENCE_SOCKET_BUFFER)"
-            );
+            let now = Instant::now();
+            let mut last = self
+                .last_full_warning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|at| now.duration_since(at) >= FULL_WARNING_EVERY) {
+                *last = Some(now);
+                tracing::warn!(
+                    sockets = full,
+                    user = %change.user,
+                    "viewers whose send buffer is full missed a presence update (PRESENCE_SOCKET_BUFFER; see presence_fanout_send_failures_total)"
+                );
+            }
         }
     }
 }

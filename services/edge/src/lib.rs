@@ -228,6 +228,7 @@ impl Edge {
         let active = Arc::new(ActiveUsersContext {
             publisher: publisher.clone(),
             beats: beats.clone(),
+            beat_flush: Duration::from_millis(self.config.beat_flush_ms),
             hub: hub.clone(),
             limits: RateLimits::new(&self.config.rate_limits),
             auth_timeout: Duration::from_millis(self.config.ws_auth_timeout_ms),
@@ -287,6 +288,7 @@ impl Edge {
                 readiness: readiness.clone(),
                 local: local.clone(),
                 dashboard: dashboard.clone(),
+                last_full_warning: Default::default(),
             }
             .run(shutdown.clone()),
         );

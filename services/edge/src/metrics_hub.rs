@@ -37,12 +37,12 @@ struct Customer {
 }
 
 impl Customer {
-    fn new(with_history: bool) -> Self {
+    fn new() -> Self {
         Self {
             latest: None,
             // Only the newest value matters: a slow client skips, never queues.
             updates: broadcast::channel(4).0,
-            history: with_history.then(VecDeque::new),
+            history: None,
         }
     }
 }
@@ -63,15 +63,9 @@ struct Customers {
 
 impl Customers {
     fn entry(&mut self, tenant: &TenantId) -> &mut Customer {
-        if !self.by_id.contains_key(tenant) {
-            let with_history = self.with_history < HISTORY_CUSTOMERS;
-            self.with_history += usize::from(with_history);
-            self.by_id
-                .insert(tenant.clone(), Customer::new(with_history));
-        }
         self.by_id
-            .get_mut(tenant)
-            .unwrap_or_else(|| unreachable!("inserted above"))
+            .entry(tenant.clone())
+            .or_insert_with(Customer::new)
     }
 }
 
@@ -146,13 +140,21 @@ impl MetricsHub {
             .to_text()
             .into();
         let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
+        // A history place goes to a customer that ticks, never to an id a client only asked for.
+        let room_for_history = customers.with_history < HISTORY_CUSTOMERS;
         let customer = customers.entry(&metrics.tenant);
+        // Redelivered (as after a resubscription) or older: already known.
         if customer
             .latest
             .as_ref()
-            .is_some_and(|known| known.timestamp > data.timestamp)
+            .is_some_and(|known| known.timestamp >= data.timestamp)
         {
             return;
+        }
+        let mut history_added = false;
+        if customer.history.is_none() && room_for_history {
+            customer.history = Some(VecDeque::new());
+            history_added = true;
         }
         if let Some(history) = &mut customer.history {
             if history.len() == HISTORY_POINTS {
@@ -163,6 +165,9 @@ impl MetricsHub {
         self.dashboard.metrics(&data);
         customer.latest = Some(data);
         let receivers = customer.updates.send(frame).unwrap_or(0);
+        if history_added {
+            customers.with_history += 1;
+        }
         metrics::counter!("presence_metrics_updates_delivered_total").increment(receivers as u64);
     }
 
@@ -244,6 +249,10 @@ mod tests {
     #[test]
     fn only_a_bounded_number_of_customers_keep_a_history() {
         let hub = MetricsHub::default();
+        // Ids clients merely subscribe to take no place.
+        for i in 0..HISTORY_CUSTOMERS {
+            let _updates = hub.subscribe(&TenantId::parse(format!("asked-{i}")).unwrap());
+        }
         for i in 0..(HISTORY_CUSTOMERS + 10) {
             hub.apply(&tick(&format!("c{i}"), 1_000, 1));
             hub.apply(&tick(&format!("c{i}"), 2_000, 2));
@@ -252,6 +261,15 @@ mod tests {
         assert_eq!(histories.len(), HISTORY_CUSTOMERS + 10);
         let full = histories.iter().filter(|h| h.points.len() == 2).count();
         assert_eq!(full, HISTORY_CUSTOMERS);
+        // Redelivering a known tick adds no point.
+        hub.apply(&tick("c0", 2_000, 2));
+        assert_eq!(
+            hub.histories()
+                .iter()
+                .find(|h| h.customer_id.as_str() == "c0")
+                .map(|h| h.points.len()),
+            Some(2)
+        );
         // Forgetting idle customers frees their places.
         hub.forget_idle(Millis(2_000 + 600_001), 600_000);
         assert!(hub.histories().is_empty());

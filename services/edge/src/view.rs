@@ -176,6 +176,11 @@ impl PresenceView {
         let known = self.users.read().unwrap_or_else(|e| e.into_inner());
         let mut online: Vec<(&UserKey, &Entry)> = known.iter().filter(|(_, e)| e.online).collect();
         let total = online.len();
+        // Only the page is sorted: the read lock is held here, and fan-out waits for it.
+        if online.len() > limit {
+            online.select_nth_unstable_by(limit, |a, b| a.0.cmp(b.0));
+            online.truncate(limit);
+        }
         online.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let page = online
             .into_iter()

@@ -162,29 +162,39 @@ pub async fn publish_durable(log: &dyn EventLog, msg: Outgoing) -> Result<u64, L
 /// it succeeds or `shutdown` is cancelled. Returns `false` only when cancelled before success.
 ///
 /// Messages are pipelined in windows of [`PUBLISH_WINDOW`]: a window is sent, then all its
-/// acks are awaited together. After a failure, appending resumes from the first message not
-/// known durable. A retried message can only land after later ones if those were already
-/// stored (and a retry of a stored message is dropped as a duplicate by its id).
+/// acks are awaited together. After a failure, the first message not known durable is sent
+/// alone until it is, and pipelining resumes after it; so a retried message can only land
+/// after later ones if those were already stored (and a retry of a stored message is dropped
+/// as a duplicate by its id).
 pub async fn publish_all_durable(
     log: &dyn EventLog,
     messages: &[Outgoing],
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
     let mut from = 0;
-    let mut backoff = Duration::from_millis(50);
     loop {
         match pipelined(log, &messages[from..]).await {
             Ok(()) => return true,
             Err((index, e)) => {
                 from += index;
-                tracing::warn!(error = %e, count = messages.len() - from, retry_in = ?backoff, "publish failed; retrying");
+                tracing::warn!(error = %e, count = messages.len() - from, "publish failed; retrying");
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            match publish_durable(log, messages[from].clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in = ?backoff, "publish failed; retrying");
+                }
+            }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        from += 1;
     }
 }
 
