@@ -21,7 +21,9 @@ Figures (all times are wall-clock, comparable across the processes):
                       to the user's next connect or the end of observation.
   false_offlines      online:false updates matching no departure, received while the user had a
                       connection up and heartbeating.
-  rss_kb_per_connection  (RSS after ramp - RSS at start) / connections open after the ramp.
+  rss_kb_per_connection  (RSS after ramp - RSS at start) / connections open after the ramp: the
+                         process's own (`presence_connections` of its --metrics of the same NAME)
+                         when known, else all of the run's.
   cpu_seconds_hold    utime + stime of /proc/PID/stat over the hold (ticks per second from
                       `getconf CLK_TCK`, 100 if unavailable).
   deliveries per CPU-second  presence_fanout_deliveries_total over the hold / the CPU seconds of the

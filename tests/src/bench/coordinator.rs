@@ -203,9 +203,18 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 samples_end[i],
             );
             let mb = |s: ProcSample| s.rss_kb.map(|kb| round(kb as f64 / 1024.0, 1));
+            // The connections this process holds, when its `/metrics` says (an edge of
+            // several); otherwise all of the run's.
+            let own = metrics_before
+                .get(&p.name)
+                .and_then(|m| m.as_ref().ok())
+                .and_then(|m| m.get(probes::COUNTERS[3]).copied())
+                .filter(|c| *c > 0.0)
+                .map(|c| c as u64);
+            let conns = own.unwrap_or(held_after_ramp);
             let per_conn = match (start.rss_kb, ramped.rss_kb) {
-                (Some(a), Some(b)) if held_after_ramp > 0 => {
-                    Some(round((b as f64 - a as f64) / held_after_ramp as f64, 2))
+                (Some(a), Some(b)) if conns > 0 => {
+                    Some(round((b as f64 - a as f64) / conns as f64, 2))
                 }
                 _ => None,
             };
@@ -221,6 +230,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "rss_mb_after_ramp": mb(ramped),
                 "rss_mb_end": mb(end),
                 "rss_kb_per_connection": per_conn,
+                "connections_after_ramp": conns,
                 "cpu_seconds_ramp": cpu(start, ramped),
                 "cpu_seconds_hold": hold_cpu,
                 "cpu_percent_hold": hold_cpu.map(|c| round(100.0 * c / hold_s.max(1e-9), 1)),

@@ -65,11 +65,12 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// The counters read from one `/metrics` endpoint.
-pub(crate) const COUNTERS: [&str; 3] = [
+/// The counters (and the connection gauge, last) read from one `/metrics` endpoint.
+pub(crate) const COUNTERS: [&str; 4] = [
     "presence_events_published_total",
     "presence_heartbeats_received_total",
     "presence_fanout_deliveries_total",
+    "presence_connections",
 ];
 
 /// Each of [`COUNTERS`] at `url`, summed over its label sets (0 when absent).
