@@ -171,11 +171,6 @@ impl MetricsHub {
         metrics::counter!("presence_metrics_updates_delivered_total").increment(receivers as u64);
     }
 
-    #[cfg(test)]
-    pub(crate) fn apply(&self, metrics: &TenantMetrics) {
-        self.update(metrics);
-    }
-
     /// Follows the metrics stream until `shutdown`.
     pub(crate) async fn follow(
         self: Arc<Self>,
@@ -233,7 +228,7 @@ mod tests {
     fn the_history_keeps_the_latest_points_in_order() {
         let hub = MetricsHub::default();
         for i in 0..(HISTORY_POINTS as u64 + 5) {
-            hub.apply(&tick("shop", 1_000 + i, i));
+            hub.update(&tick("shop", 1_000 + i, i));
         }
         let histories = hub.histories();
         let points = &histories[0].points;
@@ -241,7 +236,7 @@ mod tests {
         assert_eq!(points[0].count, 5);
         assert_eq!(points[HISTORY_POINTS - 1].count, HISTORY_POINTS as u64 + 4);
         // An older tick arriving late is not drawn.
-        hub.apply(&tick("shop", 10, 9_999));
+        hub.update(&tick("shop", 10, 9_999));
         assert_eq!(hub.histories()[0].points.len(), HISTORY_POINTS);
         assert!(hub.histories()[0].points.iter().all(|p| p.count != 9_999));
     }
@@ -254,15 +249,15 @@ mod tests {
             let _updates = hub.subscribe(&TenantId::parse(format!("asked-{i}")).unwrap());
         }
         for i in 0..(HISTORY_CUSTOMERS + 10) {
-            hub.apply(&tick(&format!("c{i}"), 1_000, 1));
-            hub.apply(&tick(&format!("c{i}"), 2_000, 2));
+            hub.update(&tick(&format!("c{i}"), 1_000, 1));
+            hub.update(&tick(&format!("c{i}"), 2_000, 2));
         }
         let histories = hub.histories();
         assert_eq!(histories.len(), HISTORY_CUSTOMERS + 10);
         let full = histories.iter().filter(|h| h.points.len() == 2).count();
         assert_eq!(full, HISTORY_CUSTOMERS);
         // Redelivering a known tick adds no point.
-        hub.apply(&tick("c0", 2_000, 2));
+        hub.update(&tick("c0", 2_000, 2));
         assert_eq!(
             hub.histories()
                 .iter()
@@ -273,8 +268,8 @@ mod tests {
         // Forgetting idle customers frees their places.
         hub.forget_idle(Millis(2_000 + 600_001), 600_000);
         assert!(hub.histories().is_empty());
-        hub.apply(&tick("late", 700_000, 3));
-        hub.apply(&tick("late", 705_000, 4));
+        hub.update(&tick("late", 700_000, 3));
+        hub.update(&tick("late", 705_000, 4));
         assert_eq!(hub.histories()[0].points.len(), 2);
     }
 }
