@@ -246,6 +246,9 @@ impl Edge {
         let (layer, io) = SocketIo::builder()
             .max_payload(64 * 1024)
             .max_buffer_size(self.config.socket_buffer as usize)
+            // Client frames are heartbeats, statuses and queries: a few hundred bytes. A
+            // larger frame grows the buffer as it is read; 4 KiB (the default) idles per socket.
+            .ws_read_buffer_size(1024)
             .build_layer();
         let directory = self
             .store
@@ -304,7 +307,8 @@ impl Edge {
                 shutdown: shutdown.clone(),
             }))
             .merge(api_routes(api))
-            .layer(layer);
+            .layer(layer)
+            .layer(axum::middleware::map_request(socket::detach_request_head));
         let listener = tokio::net::TcpListener::bind(&self.config.http_addr)
             .await
             .map_err(|source| EdgeError::Bind {
