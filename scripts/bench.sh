@@ -7,6 +7,8 @@
 #   scripts/bench.sh [quick|full|churn]  quick (default): 1k and 10k connections
 #                                        full: also the largest runs (19k on one edge, 3 edges)
 #                                        churn: only a 5-minute churn run at 10k (ghosts, flaps)
+#                                        fanout: only the fan-out-bound run at 10k
+# EDGE_ENV: extra environment for the edges (e.g. EDGE_ENV=TOKIO_WORKER_THREADS=1).
 # Needs release builds (make bench builds them) and nats-server / PostgreSQL (started by
 # scripts/with-services.sh, which runs this script).
 set -euo pipefail
@@ -90,7 +92,7 @@ cluster() {
   probes=(--proc "aggregator=$started_pid" --metrics "aggregator=$started_admin/metrics")
   edges=()
   for i in $(seq 1 "$n_edges"); do
-    start edge "edge-$i" PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL"
+    start edge "edge-$i" PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL" ${EDGE_ENV:-}
     edges+=("$started_http")
     probes+=(--proc "edge-$i=$started_pid" --metrics "edge-$i=$started_admin/metrics")
   done
@@ -120,6 +122,15 @@ largest_runs() {
   stop_all
 }
 
+fanout_run() {
+  # Steady fan-out: 15 users/s leave and come back, each change delivered to everyone allowed
+  # to see it (about 60,000 deliveries/s at 10k); heartbeats are a small share of the cost.
+  cluster 1
+  load "fanout-10000" 10000 --ramp-per-sec 1000 --hold-secs 30 --churn-per-sec 15 \
+    --churn-pause-ms 1000
+  stop_all
+}
+
 churn_run() {
   # Five minutes of users leaving and coming back, and of silent users: ghosts and flaps.
   cluster 1
@@ -139,8 +150,9 @@ log_runs() {
 }
 
 case $size in
-  quick) standalone_runs; cluster_runs; log_runs ;;
-  full) standalone_runs; cluster_runs; largest_runs; log_runs ;;
+  quick) standalone_runs; cluster_runs; fanout_run; log_runs ;;
+  full) standalone_runs; cluster_runs; fanout_run; largest_runs; log_runs ;;
   churn) churn_run ;;
-  *) echo "usage: $0 [quick|full|churn]" >&2; exit 2 ;;
+  fanout) fanout_run ;;
+  *) echo "usage: $0 [quick|full|churn|fanout]" >&2; exit 2 ;;
 esac

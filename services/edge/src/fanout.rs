@@ -1,26 +1,41 @@
 //! Fan-out: every edge reads the whole changes stream, keeps its [`PresenceView`] current and
-//! emits each change as `presence-update` to the viewer-class rooms allowed to see it. The
-//! payload is encoded once per change by the Socket.io layer, whatever the number of sockets.
+//! emits each change as `presence-update` to the audience room of the user's class, encoded
+//! once per change whatever the number of sockets.
+//!
+//! Delivery is batched. The reader hands changes to an emitter task, which takes every change
+//! waiting (up to [`MAX_BATCH`]) and emits them back to back without yielding. A socket's
+//! writer that wakes after the batch finds all of its updates queued and writes them with one
+//! system call, instead of waking and writing once per change (the wake and the write are
+//! most of what a delivery costs). Nothing waits for a batch to fill: a lone change goes out
+//! at once, and batches grow only while the emitter is busy with the previous one, i.e. when
+//! there is load to absorb.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use presence_events::{PresenceChange, Subjects};
 use presence_log::{EventLog, StartAt};
 use presence_telemetry::Readiness;
-use socketioxide::SocketIo;
-use socketioxide::{BroadcastError, SocketError};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use socketioxide::{BroadcastError, SocketError, SocketIo};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::dashboard::DashboardFeed;
 use crate::socket::LocalConnections;
 use crate::view::{PresenceUpdate, PresenceView};
-use crate::visibility::VisibilityPolicy;
+use crate::visibility::audience_room;
+
+/// Most changes emitted as one batch: it bounds how long the emitter runs without yielding.
+const MAX_BATCH: usize = 32;
+/// Changes read from the stream and not yet taken by the emitter.
+const PENDING_CHANGES: usize = 4096;
+/// Viewers with a full buffer are logged at most this often.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct FanOut {
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) subjects: Subjects,
     pub(crate) view: Arc<PresenceView>,
-    pub(crate) policy: VisibilityPolicy,
     pub(crate) io: SocketIo,
     pub(crate) readiness: Readiness,
     pub(crate) local: Arc<LocalConnections>,
@@ -29,74 +44,112 @@ pub(crate) struct FanOut {
     pub(crate) last_full_warning: Mutex<Option<Instant>>,
 }
 
-/// Viewers with a full buffer are logged at most this often.
-const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// What one batch's delivery did.
+#[derive(Debug, Default)]
+struct Sent {
+    delivered: u64,
+    full: u64,
+    closed: u64,
+    other: u64,
+}
 
 impl FanOut {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let stream = self.subjects.changes_stream();
+        let (tx, rx) = mpsc::channel(PENDING_CHANGES);
         let this = &self;
-        // The last change of every user first (the view's starting point), then live ones;
-        // after a resubscription the view skips what it already has.
-        presence_log::follow_stream(
-            self.log.as_ref(),
-            &stream,
-            StartAt::LastPerSubject,
-            &shutdown,
-            || self.readiness.set(true),
-            |delivered| async move {
-                metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
-                    .set(delivered.pending as f64);
-                match PresenceChange::decode(&delivered.payload) {
-                    Ok(change) => {
-                        if this.view.apply(&change) {
-                            this.dashboard.presence(&change);
-                            this.emit(&change).await;
+        let read = async {
+            let sender = tx;
+            let tx = &sender;
+            // The last change of every user first (the view's starting point), then live
+            // ones; after a resubscription the view skips what it already has.
+            presence_log::follow_stream(
+                self.log.as_ref(),
+                &stream,
+                StartAt::LastPerSubject,
+                &shutdown,
+                || self.readiness.set(true),
+                |delivered| async move {
+                    metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
+                        .set(delivered.pending as f64);
+                    match PresenceChange::decode(&delivered.payload) {
+                        Ok(change) => {
+                            if this.view.apply(&change) {
+                                this.dashboard.presence(&change);
+                                // The emitter only stops once this side has.
+                                let _ = tx.send(change).await;
+                            }
+                        }
+                        Err(e) => {
+                            metrics::counter!("presence_changes_rejected_total").increment(1);
+                            tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable change");
                         }
                     }
-                    Err(e) => {
-                        metrics::counter!("presence_changes_rejected_total").increment(1);
-                        tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable change");
-                    }
-                }
-            },
-        )
-        .await;
+                },
+            )
+            .await;
+            drop(sender);
+        };
+        tokio::join!(read, self.emit_batches(rx));
     }
 
-    async fn emit(&self, change: &PresenceChange) {
-        let rooms = self.policy.rooms_seeing(&change.tenant, &change.class);
-        let update = PresenceUpdate::from_change(change);
-        let deliveries = self.local.sockets_in(&rooms);
-        metrics::counter!("presence_fanout_changes_total").increment(1);
-        let (full, closed) = match self.io.to(rooms).emit("presence-update", &update).await {
-            Ok(()) => (0, 0),
-            Err(BroadcastError::Socket(errors)) => {
-                let full = errors
-                    .iter()
-                    .filter(|e| matches!(e, SocketError::InternalChannelFull))
-                    .count() as u64;
-                (full, errors.len() as u64 - full)
-            }
-            Err(e) => {
-                metrics::counter!("presence_fanout_send_failures_total", "reason" => "other")
-                    .increment(1);
-                tracing::error!(error = %e, "a presence update could not be sent");
-                return;
-            }
-        };
-        metrics::counter!("presence_fanout_deliveries_total")
-            .increment(deliveries.saturating_sub(full + closed));
-        // Closing sockets are gone: nobody is left to tell.
-        if closed > 0 {
-            metrics::counter!("presence_fanout_send_failures_total", "reason" => "closed")
-                .increment(closed);
+    async fn emit_batches(&self, mut rx: mpsc::Receiver<PresenceChange>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            metrics::counter!("presence_fanout_changes_total").increment(batch.len() as u64);
+            metrics::counter!("presence_fanout_batches_total").increment(1);
+            let sent = self.emit(&batch).await;
+            self.count(&sent, &batch);
+            batch.clear();
         }
-        // A viewer this far behind misses the update: counted, and logged at most every 10 s
+    }
+
+    /// Emits a batch's changes back to back, each to its audience room, encoded once per
+    /// change. Nothing yields between them, so a socket's writer finds every update of the
+    /// batch queued when it runs.
+    async fn emit(&self, changes: &[PresenceChange]) -> Sent {
+        let mut sent = Sent::default();
+        for change in changes {
+            let room = audience_room(&change.tenant, &change.class);
+            let sockets = self.local.sockets_in(&room);
+            let update = PresenceUpdate::from_change(change);
+            match self.io.to(room).emit("presence-update", &update).await {
+                Ok(()) => sent.delivered += sockets,
+                Err(BroadcastError::Socket(errors)) => {
+                    let full = errors
+                        .iter()
+                        .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                        .count() as u64;
+                    let failed = errors.len() as u64;
+                    sent.full += full;
+                    // Closing sockets are gone: nobody is left to tell.
+                    sent.closed += failed - full;
+                    sent.delivered += sockets.saturating_sub(failed);
+                }
+                Err(e) => {
+                    sent.other += 1;
+                    tracing::error!(error = %e, "a presence update could not be sent");
+                }
+            }
+        }
+        sent
+    }
+
+    fn count(&self, sent: &Sent, changes: &[PresenceChange]) {
+        metrics::counter!("presence_fanout_deliveries_total").increment(sent.delivered);
+        for (reason, n) in [
+            ("closed", sent.closed),
+            ("full", sent.full),
+            ("other", sent.other),
+        ] {
+            if n > 0 {
+                metrics::counter!("presence_fanout_send_failures_total", "reason" => reason)
+                    .increment(n);
+            }
+        }
+        // A viewer this far behind misses updates: counted, and logged at most every 10 s
         // (bursts are when it happens), never silent.
-        if full > 0 {
-            metrics::counter!("presence_fanout_send_failures_total", "reason" => "full")
-                .increment(full);
+        if sent.full > 0 {
             let now = Instant::now();
             let mut last = self
                 .last_full_warning
@@ -105,9 +158,9 @@ impl FanOut {
             if last.is_none_or(|at| now.duration_since(at) >= FULL_WARNING_EVERY) {
                 *last = Some(now);
                 tracing::warn!(
-                    sockets = full,
-                    user = %change.user,
-                    "viewers whose send buffer is full missed a presence update (PRESENCE_SOCKET_BUFFER; see presence_fanout_send_failures_total)"
+                    updates = sent.full,
+                    changes = changes.len(),
+                    "viewers whose send buffer is full missed presence updates (PRESENCE_SOCKET_BUFFER; see presence_fanout_send_failures_total)"
                 );
             }
         }

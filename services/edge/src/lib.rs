@@ -279,6 +279,7 @@ impl Edge {
                 policy: self.config.visibility_rules.clone(),
                 local: local.clone(),
                 draining: draining.clone(),
+                rooms: Default::default(),
             }),
         );
         tasks.spawn(
@@ -286,7 +287,6 @@ impl Edge {
                 log: self.log.clone(),
                 subjects: self.subjects.clone(),
                 view: view.clone(),
-                policy: self.config.visibility_rules.clone(),
                 io: io.clone(),
                 readiness: readiness.clone(),
                 local: local.clone(),

@@ -4,7 +4,7 @@
 //! `SOCKET_ALLOW_INSECURE_USERID=true`, `auth: { userId, gender }`; each refusal is a
 //! `connect_error` saying why. Client events: `user:heartbeat`, `user:status` (acked once the
 //! event is durable), `presence:query` (acked with the presence of each user asked for,
-//! visibility applied). Server events: `presence-update`. Every socket joins the room of its
+//! visibility applied). Server events: `presence-update`. Every socket joins the audience room of
 //! viewer class; closing it appends a `leave`.
 
 use std::collections::HashMap;
@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use presence_auth::{AuthError, Identity, Verifier};
 use presence_events::{
-    BeatEntry, ConnId, Details, EventBody, LeaveReason, Millis, SetStatus, UserId, UserKey,
+    BeatEntry, ConnId, Details, EventBody, LeaveReason, Millis, SetStatus, TenantId, UserId,
+    UserKey, ViewerClass,
 };
 use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
@@ -25,7 +26,7 @@ use crate::beats::BeatBatcher;
 use crate::directory::Directory;
 use crate::publisher::EventPublisher;
 use crate::view::{PresenceUpdate, PresenceView};
-use crate::visibility::{VisibilityPolicy, viewer_room};
+use crate::visibility::VisibilityPolicy;
 
 /// Most users one `presence:query` may ask about.
 const MAX_QUERY_USERS: usize = 500;
@@ -42,32 +43,34 @@ pub(crate) struct Authenticator {
 pub(crate) struct LocalConnections {
     sockets: AtomicUsize,
     users: Mutex<HashMap<UserKey, u32>>,
-    /// Sockets per viewer room: how many deliveries an emit to a room makes.
+    /// Sockets per audience room: how many deliveries an emit to a room makes.
     rooms: Mutex<HashMap<String, u32>>,
 }
 
 impl LocalConnections {
-    fn opened(&self, key: UserKey, room: String) {
+    fn opened(&self, key: UserKey, joined: &[String]) {
         self.sockets.fetch_add(1, Ordering::Relaxed);
-        *self
-            .rooms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(room)
-            .or_default() += 1;
+        {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            for room in joined {
+                *rooms.entry(room.clone()).or_default() += 1;
+            }
+        }
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         *users.entry(key).or_default() += 1;
         metrics::gauge!("presence_connections", "transport" => "socketio").increment(1.0);
     }
 
-    fn closed(&self, key: &UserKey, room: &str) {
+    fn closed(&self, key: &UserKey, joined: &[String]) {
         self.sockets.fetch_sub(1, Ordering::Relaxed);
         {
             let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = rooms.get_mut(room) {
-                *count -= 1;
-                if *count == 0 {
-                    rooms.remove(room);
+            for room in joined {
+                if let Some(count) = rooms.get_mut(room) {
+                    *count -= 1;
+                    if *count == 0 {
+                        rooms.remove(room);
+                    }
                 }
             }
         }
@@ -81,14 +84,10 @@ impl LocalConnections {
         metrics::gauge!("presence_connections", "transport" => "socketio").decrement(1.0);
     }
 
-    /// Sockets of this edge in `rooms`.
-    pub(crate) fn sockets_in(&self, rooms: &[String]) -> u64 {
+    /// Sockets of this edge in `room`.
+    pub(crate) fn sockets_in(&self, room: &str) -> u64 {
         let counts = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms
-            .iter()
-            .filter_map(|r| counts.get(r))
-            .map(|c| u64::from(*c))
-            .sum()
+        counts.get(room).map_or(0, |c| u64::from(*c))
     }
 
     /// Connections per user on this edge.
@@ -116,7 +115,12 @@ pub(crate) struct SocketContext {
     pub(crate) local: Arc<LocalConnections>,
     /// Set when the edge drains: closing sockets then appends no leaves (see `Edge::start`).
     pub(crate) draining: Arc<AtomicBool>,
+    /// Audience rooms per (tenant, viewer class), computed once.
+    pub(crate) rooms: Mutex<AudienceRooms>,
 }
+
+/// Audience rooms per (tenant, viewer class).
+pub(crate) type AudienceRooms = HashMap<(TenantId, ViewerClass), Arc<[String]>>;
 
 /// One authenticated socket: who, and which connection.
 #[derive(Clone)]
@@ -126,6 +130,8 @@ struct Session {
     /// [`NEW`], [`OPENED`] (counted as connected here) or [`CLOSED`]: the connect and
     /// disconnect handlers run as separate tasks, in either order.
     lifecycle: Arc<AtomicU8>,
+    /// The audience rooms the socket joined (one per class of users it may see).
+    rooms: Arc<[String]>,
 }
 
 const NEW: u8 = 0;
@@ -133,10 +139,6 @@ const OPENED: u8 = 1;
 const CLOSED: u8 = 2;
 
 impl Session {
-    fn room(&self) -> String {
-        viewer_room(&self.identity.tenant, &self.identity.class)
-    }
-
     fn key(&self) -> UserKey {
         UserKey {
             tenant: self.identity.tenant.clone(),
@@ -254,13 +256,22 @@ pub(crate) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
                 .compare_exchange(NEW, OPENED, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            local.opened(session.key(), session.room());
+            local.opened(session.key(), &session.rooms);
         }
     };
     io.ns("/", opened.with(admit));
 }
 
 impl SocketContext {
+    /// The audience rooms of a viewer, shared by every socket of its tenant and class.
+    fn audience_rooms(&self, id: &Identity) -> Arc<[String]> {
+        let mut cache = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((id.tenant.clone(), id.class.clone()))
+            .or_insert_with(|| self.policy.rooms_of_viewer(&id.tenant, &id.class).into())
+            .clone()
+    }
+
     fn authenticate(&self, auth: Option<HandshakeAuth>) -> Result<Identity, HandshakeError> {
         let auth = auth.ok_or(HandshakeError::BadPayload)?;
         match (auth.token, auth.user_id) {
@@ -286,10 +297,12 @@ impl SocketContext {
         auth: Option<HandshakeAuth>,
     ) -> Result<(), HandshakeError> {
         let identity = self.authenticate(auth)?;
+        let rooms = self.audience_rooms(&identity);
         let session = Session {
             identity: Arc::new(identity),
             conn: ConnId::new(),
             lifecycle: Arc::new(AtomicU8::new(NEW)),
+            rooms,
         };
         let id = &session.identity;
         let join = EventBody::Join {
@@ -305,7 +318,7 @@ impl SocketContext {
         if let Some(directory) = &self.directory {
             directory.saw(id);
         }
-        s.join(viewer_room(&id.tenant, &id.class));
+        s.join(session.rooms.to_vec());
         self.install_handlers(s, &session);
         s.extensions.insert(session.clone());
         metrics::counter!("presence_connections_opened_total", "transport" => "socketio")
@@ -443,7 +456,7 @@ impl SocketContext {
 
     async fn on_disconnect(&self, sn: &Session, reason: DisconnectReason) {
         if sn.lifecycle.swap(CLOSED, Ordering::AcqRel) == OPENED {
-            self.local.closed(&sn.key(), &sn.room());
+            self.local.closed(&sn.key(), &sn.rooms);
         }
         if self.draining.load(Ordering::Acquire) {
             // Handed over: the client reconnects elsewhere; the connection is swept if not.

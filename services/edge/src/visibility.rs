@@ -1,12 +1,15 @@
 //! The visibility policy: which viewer classes may see which users.
 //!
-//! Every socket sits in the room of its viewer class (per tenant); a change is emitted to the
-//! rooms of the classes allowed to see the user, never by looping over sockets. The rule
-//! table is configuration (`PRESENCE_VISIBILITY_RULES`), e.g. the default
+//! Rooms are per tenant and per class of *seen* users: a socket joins the audience room of
+//! every class its viewer class may see, and a change is emitted to the one audience room of
+//! the changed user's class, never by looping over sockets. One room per change means the
+//! Socket.io layer walks a single set of sockets, with nothing to de-duplicate (a union of
+//! viewer-class rooms is de-duplicated socket by socket, on every change). The rule table is
+//! configuration (`PRESENCE_VISIBILITY_RULES`), e.g. the default
 //! `male=female;female=*;other=*`: `male` viewers see only `female` users, `female` and
 //! `other` viewers see everyone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use presence_events::{TenantId, ViewerClass};
@@ -74,19 +77,36 @@ impl VisibilityPolicy {
         }
     }
 
-    /// The rooms (one per allowed viewer class, within `tenant`) a change of a `target` user goes to.
-    pub fn rooms_seeing(&self, tenant: &TenantId, target: &ViewerClass) -> Vec<String> {
-        self.rules
-            .keys()
-            .filter(|viewer| self.can_see(viewer, target))
-            .map(|viewer| viewer_room(tenant, viewer))
+    /// Every class a user can have: the three of the `gender` claim and any the table names.
+    fn classes(&self) -> BTreeSet<ViewerClass> {
+        let mut classes: BTreeSet<ViewerClass> = ["male", "female", "other"]
+            .into_iter()
+            .map(|c| ViewerClass::from_gender(Some(c)))
+            .collect();
+        for (viewer, sees) in &self.rules {
+            classes.insert(viewer.clone());
+            if let Sees::Only(seen) = sees {
+                classes.extend(seen.iter().cloned());
+            }
+        }
+        classes
+    }
+
+    /// The audience rooms (within `tenant`) a socket of class `viewer` joins: one per class of
+    /// users it may see.
+    pub fn rooms_of_viewer(&self, tenant: &TenantId, viewer: &ViewerClass) -> Vec<String> {
+        self.classes()
+            .iter()
+            .filter(|target| self.can_see(viewer, target))
+            .map(|target| audience_room(tenant, target))
             .collect()
     }
 }
 
-/// The room of the viewers of one class in one tenant.
-pub fn viewer_room(tenant: &TenantId, viewer: &ViewerClass) -> String {
-    format!("{tenant}/viewer-{viewer}")
+/// The audience room of the users of class `target` in `tenant`: every socket allowed to see
+/// them. A change of such a user is emitted to this room only.
+pub fn audience_room(tenant: &TenantId, target: &ViewerClass) -> String {
+    format!("{tenant}/sees-{target}")
 }
 
 impl Default for VisibilityPolicy {
@@ -154,20 +174,51 @@ mod tests {
     }
 
     #[test]
-    fn changes_go_only_to_the_rooms_allowed_to_see_them() {
+    fn viewers_join_the_audience_of_every_class_they_may_see() {
         let policy = VisibilityPolicy::default();
         let tenant = TenantId::default_tenant();
         assert_eq!(
-            policy.rooms_seeing(&tenant, &class("male")),
-            ["default/viewer-female", "default/viewer-other"]
+            policy.rooms_of_viewer(&tenant, &class("male")),
+            ["default/sees-female"]
         );
+        for viewer in ["female", "other"] {
+            assert_eq!(
+                policy.rooms_of_viewer(&tenant, &class(viewer)),
+                [
+                    "default/sees-female",
+                    "default/sees-male",
+                    "default/sees-other"
+                ],
+                "{viewer} viewers"
+            );
+        }
+        // A change of a user goes to the one audience room of the user's class; a viewer is
+        // in it exactly when the table lets it see that class.
+        for viewer in ["male", "female", "other"] {
+            for target in ["male", "female", "other"] {
+                assert_eq!(
+                    policy
+                        .rooms_of_viewer(&tenant, &class(viewer))
+                        .contains(&audience_room(&tenant, &class(target))),
+                    policy.can_see(&class(viewer), &class(target)),
+                    "{viewer} viewing {target}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn classes_named_only_by_the_table_have_an_audience_too() {
+        let policy = VisibilityPolicy::parse("male=vip;female=*;other=*;vip=vip").unwrap();
+        let tenant = TenantId::default_tenant();
         assert_eq!(
-            policy.rooms_seeing(&tenant, &class("female")),
-            [
-                "default/viewer-female",
-                "default/viewer-male",
-                "default/viewer-other"
-            ]
+            policy.rooms_of_viewer(&tenant, &class("male")),
+            ["default/sees-vip"]
+        );
+        assert!(
+            policy
+                .rooms_of_viewer(&tenant, &class("female"))
+                .contains(&"default/sees-vip".to_string())
         );
     }
 
