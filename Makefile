@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-aggregator bench-persister check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-persister check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -44,6 +44,14 @@ bench: ## the benchmark suite at 1k and 10k connections (standalone and cluster)
 bench-full: ## the suite plus the largest runs: 19,000 connections on one edge, 50,000 over three edges
 	$(CARGO) build --release -p presence -p presence-e2e
 	scripts/with-services.sh scripts/bench.sh full
+
+bench-fanout: ## steady fan-out at 10,000 connections (15 users/s churning): deliveries per CPU-second, propagation
+	$(CARGO) build --release -p presence -p presence-e2e
+	scripts/with-services.sh scripts/bench.sh fanout
+
+bench-capacity: ## connections held: 19,000 on one edge, 50,000 over three edges, light fan-out
+	$(CARGO) build --release -p presence -p presence-e2e
+	scripts/with-services.sh scripts/bench.sh capacity
 
 bench-churn: ## five minutes of churn and silent users at 10,000 connections: ghost-seconds and false offlines
 	$(CARGO) build --release -p presence -p presence-e2e

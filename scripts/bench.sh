@@ -4,10 +4,13 @@
 # the aggregator's fold and replay rate from a pre-filled stream, and the persister's write
 # rate. Figures are printed as they come; JSON reports land in target/bench/.
 #
-#   scripts/bench.sh [quick|full|churn]  quick (default): 1k and 10k connections
-#                                        full: also the largest runs (19k on one edge, 3 edges)
+#   scripts/bench.sh [MODE]              quick (default): 1k and 10k connections
+#                                        full: also the capacity runs and the largest 90/10
+#                                          runs (19k on one edge, 50k on 3 edges)
 #                                        churn: only a 5-minute churn run at 10k (ghosts, flaps)
-#                                        fanout: only the fan-out-bound run at 10k
+#                                        fanout: only the steady fan-out run at 10k
+#                                        capacity: only the connection-capacity runs (19k on
+#                                          one edge, 50k on three, light fan-out)
 # EDGE_ENV: extra environment for the edges (e.g. EDGE_ENV=TOKIO_WORKER_THREADS=1).
 # Needs release builds (make bench builds them) and nats-server / PostgreSQL (started by
 # scripts/with-services.sh, which runs this script).
@@ -112,6 +115,17 @@ cluster_runs() {
   stop_all
 }
 
+capacity_runs() {
+  # Connections held, without the 90/10 ramp's quadratic fan-out: male users only, whose
+  # changes reach just the observers, heartbeating every 5 s.
+  cluster 1
+  load "capacity-19000" 19000 --female-percent 0 --ramp-per-sec 1000 --hold-secs 30
+  stop_all
+  cluster 3
+  load "capacity-3-edges-50000" 50000 --female-percent 0 --ramp-per-sec 1000 --hold-secs 30
+  stop_all
+}
+
 largest_runs() {
   # One edge at the edge of its 20,000 open files; then three edges.
   cluster 1
@@ -151,8 +165,9 @@ log_runs() {
 
 case $size in
   quick) standalone_runs; cluster_runs; fanout_run; log_runs ;;
-  full) standalone_runs; cluster_runs; fanout_run; largest_runs; log_runs ;;
+  full) standalone_runs; cluster_runs; fanout_run; capacity_runs; largest_runs; log_runs ;;
+  capacity) capacity_runs ;;
   churn) churn_run ;;
   fanout) fanout_run ;;
-  *) echo "usage: $0 [quick|full|churn|fanout]" >&2; exit 2 ;;
+  *) echo "usage: $0 [quick|full|churn|fanout|capacity]" >&2; exit 2 ;;
 esac

@@ -28,6 +28,8 @@ Figures (all times are wall-clock, comparable across the processes):
                       `getconf CLK_TCK`, 100 if unavailable).
   deliveries per CPU-second  presence_fanout_deliveries_total over the hold / the CPU seconds of the
                       --proc of the same NAME.
+  whole run          the same from before the ramp to the end of the drain: the ramp's
+                      fan-out included.
 ";
 
 /// Sockets one worker process holds at most when `--processes` is not given.

@@ -63,6 +63,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await?;
 
     let samples_start = sample_procs(&args, ticks);
+    let metrics_start = scrape_all(&args).await;
     let observers = connect_observers(&args, &pop).await?;
     // Let the observers' own online updates pass before the users come.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -131,6 +132,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let end_us = now_us();
     let drain_s = drain_began.elapsed().as_secs_f64();
     let samples_end = sample_procs(&args, ticks);
+    let metrics_end = scrape_all(&args).await;
 
     let observers_dropped = observers.iter().filter(|o| o.client.is_closed()).count();
     let observed: Vec<Vec<Observed>> = observers.iter().map(Observer::updates).collect();
@@ -259,11 +261,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         let published = delta(probes::COUNTERS[0]);
         let heartbeats = delta(probes::COUNTERS[1]);
         let deliveries = delta(probes::COUNTERS[2]);
-        let cpu = args
-            .procs
-            .iter()
-            .position(|p| p.name == m.name)
-            .and_then(|i| processes_json[i]["cpu_seconds_hold"].as_f64());
+        let process = args.procs.iter().position(|p| p.name == m.name);
+        let cpu = process.and_then(|i| processes_json[i]["cpu_seconds_hold"].as_f64());
+        // The whole run (ramp, hold, close, drain): where a ramp's fan-out is.
+        let run_deliveries = match (metrics_start.get(&m.name), metrics_end.get(&m.name)) {
+            (Some(Ok(a)), Some(Ok(b))) => Some(
+                b.get(probes::COUNTERS[2]).copied().unwrap_or(0.0)
+                    - a.get(probes::COUNTERS[2]).copied().unwrap_or(0.0),
+            ),
+            _ => None,
+        };
+        let run_cpu = process.and_then(|i| processes_json[i]["cpu_seconds_total"].as_f64());
         counters.insert(
             m.name.clone(),
             json!({
@@ -275,6 +283,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "fanout_deliveries": deliveries,
                 "fanout_deliveries_per_sec": round(deliveries / hold_s.max(1e-9), 1),
                 "deliveries_per_cpu_second": cpu.filter(|c| *c > 0.0).map(|c| round(deliveries / c, 0)),
+                "run_fanout_deliveries": run_deliveries,
+                "run_deliveries_per_cpu_second": run_deliveries
+                    .zip(run_cpu.filter(|c| *c > 0.0))
+                    .map(|(d, c)| round(d / c, 0)),
             }),
         );
     }

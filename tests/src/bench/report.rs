@@ -304,6 +304,17 @@ pub(crate) fn table(f: &Value) -> String {
                     num(&k["deliveries_per_cpu_second"], 0),
                 ),
             );
+            if k["run_fanout_deliveries"].is_number() {
+                row(
+                    &mut s,
+                    "",
+                    format!(
+                        "whole run: {} deliveries · {} deliveries per CPU-second",
+                        num(&k["run_fanout_deliveries"], 0),
+                        num(&k["run_deliveries_per_cpu_second"], 0),
+                    ),
+                );
+            }
         }
     }
     s
