@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use presence_events::{ClusterStats, Event, Millis, SCHEMA_VERSION, Subjects};
 use presence_log::{EventLog, Outgoing, StartAt, publish_all_durable};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use presence_store::Store;
@@ -100,6 +101,7 @@ pub(crate) async fn fold_events(
     snapshots: Option<Snapshots>,
     log: Arc<dyn EventLog>,
     subjects: Subjects,
+    sweep_due: watch::Sender<Option<Millis>>,
     shutdown: CancellationToken,
 ) {
     if let Some(snapshots) = &snapshots {
@@ -110,6 +112,7 @@ pub(crate) async fn fold_events(
         at: std::time::Instant::now(),
         started_at: Millis::now(),
         labels: CustomerLabels::default(),
+        sweep_due,
     };
     let stream = subjects.events_stream();
     let mut backoff = Duration::from_millis(100);
@@ -174,7 +177,7 @@ impl CustomerLabels {
 }
 
 /// What the fold loop keeps beside the fold: the newest snapshot saved, when this
-/// aggregator started, the labelled customers.
+/// aggregator started, the labelled customers, the sweep clock to tell.
 struct Runtime {
     /// Sequence and time of the newest snapshot saved.
     seq: u64,
@@ -182,6 +185,8 @@ struct Runtime {
     /// When this aggregator started (reported in the cluster figures).
     started_at: Millis,
     labels: CustomerLabels,
+    /// Tells the sweep clock when the next connection's timeout runs out.
+    sweep_due: watch::Sender<Option<Millis>>,
 }
 
 /// Folds deliveries until the subscription ends or shutdown.
@@ -253,6 +258,11 @@ async fn fold_until_interrupted(
             newest = Some(delivered);
         }
         record_stats(&state.presence);
+        // The clock appends a sweep tick when the next connection's timeout runs out.
+        let due = state.presence.next_sweep_due();
+        saved
+            .sweep_due
+            .send_if_modified(|d| std::mem::replace(d, due) != due);
         if !changes.is_empty() && !publish_all_durable(log, &changes, shutdown).await {
             return;
         }

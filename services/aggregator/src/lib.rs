@@ -29,7 +29,8 @@ pub struct AggregatorConfig {
     /// A connection with no heartbeat for this long is swept offline (ms).
     #[arg(long, env = "PRESENCE_HEARTBEAT_TIMEOUT_MS", default_value_t = 15_000)]
     pub heartbeat_timeout_ms: u64,
-    /// How often the sweep runs (ms).
+    /// Longest time between sweeps (ms); a sweep also runs when a connection's heartbeat
+    /// timeout runs out.
     #[arg(long, env = "PRESENCE_SWEEP_INTERVAL_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub sweep_interval_ms: u64,
     /// An active-users session with no beat for this long stops counting (ms).
@@ -95,11 +96,13 @@ impl Aggregator {
             presence: PresenceState::new(self.config.heartbeat_timeout_ms),
             active: ActiveUsers::new(self.config.session_ttl_ms, self.config.ema_alpha),
         };
+        let (sweep_due, due) = tokio::sync::watch::channel(None);
         tasks.spawn(consumer::fold_events(
             fold,
             self.snapshots,
             self.log.clone(),
             self.subjects.clone(),
+            sweep_due,
             shutdown.clone(),
         ));
         tasks.spawn(sweeper::publish_ticks(
@@ -108,6 +111,7 @@ impl Aggregator {
             self.subjects.clone(),
             self.node.clone(),
             Duration::from_millis(self.config.sweep_interval_ms),
+            Some(due),
             shutdown.clone(),
         ));
         tasks.spawn(sweeper::publish_ticks(
@@ -116,6 +120,7 @@ impl Aggregator {
             self.subjects,
             self.node,
             Duration::from_millis(self.config.metrics_tick_ms),
+            None,
             shutdown,
         ));
     }

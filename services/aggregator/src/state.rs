@@ -9,7 +9,9 @@
 //! - a connection closes once: a late `leave`, beat or status of a closed connection never
 //!   touches the user's newer connections (closed connections are remembered for a while);
 //! - a connection silent for the heartbeat timeout is swept at the next tick; a heartbeat of a
-//!   swept but still open connection brings it back.
+//!   swept but still open connection brings it back;
+//! - [`PresenceState::next_sweep_due`] is never later than the earliest time a connection
+//!   becomes silent for the timeout, so a tick appended then sweeps it on time.
 
 use std::collections::HashMap;
 
@@ -58,6 +60,10 @@ pub struct PresenceState {
     closed: HashMap<ConnId, Millis>,
     last_seq: u64,
     stats: PresenceStats,
+    /// No connection goes silent for the timeout before this (event time); `None` without
+    /// connections. It may be early (a beat or a leave since), never late.
+    #[serde(default)]
+    next_sweep_due: Option<Millis>,
 }
 
 /// Builds the change for `key` in one place so every cause reports the same fields.
@@ -94,12 +100,21 @@ impl PresenceState {
             closed: HashMap::new(),
             last_seq: 0,
             stats: PresenceStats::default(),
+            next_sweep_due: None,
         }
     }
 
     /// Applies the current heartbeat timeout (a restored snapshot carries the one it was made with).
     pub fn set_heartbeat_timeout(&mut self, heartbeat_timeout_ms: u64) {
-        self.heartbeat_timeout_ms = heartbeat_timeout_ms;
+        if heartbeat_timeout_ms != self.heartbeat_timeout_ms {
+            self.heartbeat_timeout_ms = heartbeat_timeout_ms;
+            self.next_sweep_due = self
+                .conns
+                .values()
+                .map(|c| c.last_beat)
+                .min()
+                .map(|b| b.plus(heartbeat_timeout_ms));
+        }
     }
 
     /// The heartbeat timeout in force.
@@ -110,6 +125,12 @@ impl PresenceState {
     /// Sequence of the last event folded in (0 before any).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// When the next connection may go silent for the heartbeat timeout (event time): a tick
+    /// at or after it sweeps that connection. `None` while nobody is connected.
+    pub fn next_sweep_due(&self) -> Option<Millis> {
+        self.next_sweep_due
     }
 
     /// Cluster-wide figures.
@@ -228,6 +249,8 @@ impl PresenceState {
                 last_beat: at,
             },
         );
+        let due = at.plus(self.heartbeat_timeout_ms);
+        self.next_sweep_due = Some(self.next_sweep_due.map_or(due, |d| d.min(due)));
         self.stats.total_connections += 1;
         let user = self
             .users
@@ -324,12 +347,16 @@ impl PresenceState {
     fn sweep_silent_connections(&mut self, cx: &ChangeContext, changes: &mut Vec<PresenceChange>) {
         let now = cx.at;
         self.stats.last_sweep_at = Some(now);
-        let mut silent: Vec<(ConnId, UserKey, Millis)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now.since(c.last_beat) >= self.heartbeat_timeout_ms)
-            .map(|(id, c)| (*id, c.key.clone(), c.last_beat))
-            .collect();
+        let mut silent: Vec<(ConnId, UserKey, Millis)> = Vec::new();
+        let mut oldest_kept: Option<Millis> = None;
+        for (id, c) in &self.conns {
+            if now.since(c.last_beat) >= self.heartbeat_timeout_ms {
+                silent.push((*id, c.key.clone(), c.last_beat));
+            } else {
+                oldest_kept = Some(oldest_kept.map_or(c.last_beat, |o| o.min(c.last_beat)));
+            }
+        }
+        self.next_sweep_due = oldest_kept.map(|b| b.plus(self.heartbeat_timeout_ms));
         // Map order is arbitrary; the changes must come out the same in every replay.
         silent.sort_unstable_by_key(|(id, _, _)| *id);
         for (conn, key, last_beat) in silent {
@@ -697,5 +724,46 @@ mod tests {
                 assert!(state.stats().peak_online >= state.stats().online_users);
             }
         }
+    }
+
+    #[test]
+    fn the_next_sweep_is_due_when_the_first_connection_goes_silent() {
+        let mut s = Script::new();
+        assert_eq!(s.state.next_sweep_due(), None, "nobody connected");
+        let (a, b) = (ConnId::new(), ConnId::new());
+        s.apply(1_000, join("ayse", a));
+        assert_eq!(s.state.next_sweep_due(), Some(Millis(1_000 + TIMEOUT)));
+        s.apply(4_000, join("mehmet", b));
+        assert_eq!(
+            s.state.next_sweep_due(),
+            Some(Millis(1_000 + TIMEOUT)),
+            "a later join does not postpone it"
+        );
+        // ayse beats at 6 s; a tick before her deadline finds nobody silent and moves the
+        // deadline to the earliest one left (mehmet's).
+        s.apply(6_000, beat("ayse", a, 6_000));
+        assert!(s.apply(10_000, EventBody::Tick).is_empty());
+        assert_eq!(s.state.next_sweep_due(), Some(Millis(4_000 + TIMEOUT)));
+        // A tick exactly at the deadline sweeps mehmet, not ayse.
+        let due = s.state.next_sweep_due().expect("due");
+        let swept = s.apply(due.0, EventBody::Tick);
+        assert_eq!(
+            summary(&swept),
+            [("mehmet".into(), Status::Offline, false, Cause::Sweep)]
+        );
+        assert!(s.online("ayse"));
+        assert_eq!(s.state.next_sweep_due(), Some(Millis(6_000 + TIMEOUT)));
+        // One millisecond before ayse's deadline she stays; at it she goes.
+        assert!(s.apply(6_000 + TIMEOUT - 1, EventBody::Tick).is_empty());
+        assert_eq!(s.apply(6_000 + TIMEOUT, EventBody::Tick).len(), 1);
+        assert_eq!(s.state.next_sweep_due(), None);
+    }
+
+    #[test]
+    fn a_shorter_timeout_after_a_restore_brings_the_next_sweep_forward() {
+        let mut s = Script::new();
+        s.apply(1_000, join("ayse", ConnId::new()));
+        s.state.set_heartbeat_timeout(5_000);
+        assert_eq!(s.state.next_sweep_due(), Some(Millis(6_000)));
     }
 }

@@ -132,7 +132,7 @@ Settings (env var, or the flag in `presence <role> --help`):
   SOCKET_ALLOW_INSECURE_USERID   auth {userId} in development only       [false]
   PRESENCE_NODE_ID               node name on events                     [<role>-<pid>]
   PRESENCE_HEARTBEAT_TIMEOUT_MS  silent connections swept after          [15000]
-  PRESENCE_SWEEP_INTERVAL_MS     sweep tick                              [3000]
+  PRESENCE_SWEEP_INTERVAL_MS     longest time between sweeps             [3000]
   PRESENCE_BEAT_FLUSH_MS         heartbeat batch interval per edge       [1000]
   PRESENCE_VISIBILITY_RULES      viewer=seen,...;viewer=*                [male=female;female=*;other=*]
   PRESENCE_SESSION_TTL_MS        active-users session TTL                [180000]
