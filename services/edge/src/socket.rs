@@ -4,8 +4,8 @@
 //! `SOCKET_ALLOW_INSECURE_USERID=true`, `auth: { userId, gender }`; each refusal is a
 //! `connect_error` saying why. Client events: `user:heartbeat`, `user:status` (acked once the
 //! event is durable), `presence:query` (acked with the presence of each user asked for,
-//! visibility applied). Server events: `presence-update`. Every socket joins the audience room of
-//! viewer class; closing it appends a `leave`.
+//! visibility applied). Server events: `presence-update`. Every socket joins the audience room
+//! of each class of users it may see; closing it appends a `leave`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
