@@ -11,6 +11,8 @@
 #                                        fanout: only the steady fan-out run at 10k
 #                                        capacity: only the connection-capacity runs (19k on
 #                                          one edge, 50k on three, light fan-out)
+#                                        largest: only the largest 90/10 runs
+#                                        log: only the aggregator/replay and persister runs
 # EDGE_ENV: extra environment for the edges (e.g. EDGE_ENV=TOKIO_WORKER_THREADS=1).
 # Needs release builds (make bench builds them) and nats-server / PostgreSQL (started by
 # scripts/with-services.sh, which runs this script).
@@ -35,6 +37,9 @@ role_env=(
   JWT_SECRET=$secret PRESENCE_ENV=production RUST_LOG=warn
   PRESENCE_HEARTBEAT_TIMEOUT_MS=$timeout_ms PRESENCE_SWEEP_INTERVAL_MS=$sweep_ms
   PRESENCE_RATE_LIMIT_IP_PER_MIN=100000000 PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN=100000000
+  # Every cluster run has streams of its own, and JetStream reserves each one's limit: 512 MiB
+  # (the largest run appends about 150 MB) keeps the whole suite within the server's store.
+  PRESENCE_EVENTS_MAX_BYTES=536870912
 )
 
 # start ROLE NAME [ENV...]: starts `presence ROLE` with its own ports; sets $started_pid,
@@ -167,7 +172,9 @@ case $size in
   quick) standalone_runs; cluster_runs; fanout_run; log_runs ;;
   full) standalone_runs; cluster_runs; fanout_run; capacity_runs; largest_runs; log_runs ;;
   capacity) capacity_runs ;;
+  largest) largest_runs ;;
+  log) log_runs ;;
   churn) churn_run ;;
   fanout) fanout_run ;;
-  *) echo "usage: $0 [quick|full|churn|fanout|capacity]" >&2; exit 2 ;;
+  *) echo "usage: $0 [quick|full|churn|fanout|capacity|largest|log]" >&2; exit 2 ;;
 esac

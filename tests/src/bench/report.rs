@@ -304,7 +304,7 @@ pub(crate) fn table(f: &Value) -> String {
                     num(&k["deliveries_per_cpu_second"], 0),
                 ),
             );
-            if k["run_fanout_deliveries"].is_number() {
+            if k["run_fanout_deliveries"].as_f64().is_some_and(|d| d > 0.0) {
                 row(
                     &mut s,
                     "",
