@@ -12,6 +12,15 @@ use crate::{
 };
 
 /// The event log on a NATS JetStream server.
+/// Most bytes one pull of a durable consumer asks for. The server drops messages (publish
+/// acks among them) for a client with more than 64 MiB pending, as a slow consumer: 1,000 beat
+/// batches of a few hundred kilobytes each used to get there. Two pulls in flight stay well
+/// under it.
+const PULL_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Most messages one pull of an ordered consumer asks for, for the same reason (100 beat
+/// batches are about 25 MB; the client's default is 500).
+const ORDERED_MAX_BATCH: i64 = 100;
+
 #[derive(Clone)]
 pub struct JetStreamLog {
     context: jetstream::Context,
@@ -189,6 +198,7 @@ impl EventLog for JetStreamLog {
                     let messages = consumer
                         .stream()
                         .max_messages_per_batch(1000)
+                        .max_bytes_per_batch(PULL_MAX_BYTES)
                         .messages()
                         .await
                         .map_err(|e| consume_error(&e))?;
@@ -199,6 +209,8 @@ impl EventLog for JetStreamLog {
                         .create_consumer(consumer::pull::OrderedConfig {
                             deliver_policy: deliver_policy(start),
                             filter_subject,
+                            // Ordered pulls have no byte limit: cap their count instead.
+                            max_batch: ORDERED_MAX_BATCH,
                             ..Default::default()
                         })
                         .await
