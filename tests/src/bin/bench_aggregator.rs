@@ -3,9 +3,8 @@
 //!
 //! It appends a join for each of N connections, then R rounds of heartbeats from all of
 //! them (batched 2,000 per `beat` message, as edges batch them) with a sweep tick per round,
-//! waits until JetStream acknowledges appends promptly again (it writes the fill back to disk
-//! first), then starts a `presence aggregator` process on that stream and times it from its
-//! first folded event to the last; then it times `presence replay timeline` over the whole stream.
+//! then starts a `presence aggregator` process on that stream and times it from its first
+//! folded event to the last; then it times `presence replay timeline` over the whole stream.
 //!
 //! usage: NATS_URL=… presence-bench-aggregator [connections=100000] [rounds=20]
 //! (`make bench-aggregator` provides the server.)
@@ -22,8 +21,6 @@ use presence_log::{EventLog, JetStreamLog, Outgoing, StreamSpec, publish_all_dur
 
 /// Heartbeats per `beat` message.
 const BATCH: usize = 2_000;
-/// An append acknowledged within this long: the server has caught up with the fill.
-const SETTLED: Duration = Duration::from_millis(100);
 /// Room for the pre-filled stream.
 const MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
@@ -110,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             "could not fill the stream"
         );
     }
+    let last = log.last_sequence(&subjects.events_stream()).await?;
     println!(
         "stream {}: {} messages ({connections} joins, {heartbeats} heartbeats in {rounds} rounds, {:.0} MB) appended in {:.1} s",
         subjects.events_stream(),
@@ -118,31 +116,6 @@ async fn main() -> anyhow::Result<()> {
         filling.elapsed().as_secs_f64()
     );
     drop(messages);
-    // The server goes on writing the fill to disk after acknowledging it, and its acks stall
-    // meanwhile (past the 5 s publish timeout at times), which would stop the fold on its
-    // first publish. Probe with ticks (at the base time: they sweep nobody) until one is
-    // acknowledged promptly, so what is timed is the fold.
-    let settling = Instant::now();
-    loop {
-        let probe = event(base, EventBody::Tick);
-        let sent = Instant::now();
-        ensure!(
-            publish_all_durable(&log as &dyn EventLog, &[probe], &never).await,
-            "could not append a probe"
-        );
-        if sent.elapsed() < SETTLED {
-            break;
-        }
-        ensure!(
-            settling.elapsed() < Duration::from_secs(120),
-            "JetStream acks still slow 120 s after the fill"
-        );
-    }
-    println!(
-        "JetStream acknowledges promptly again {:.1} s after the fill",
-        settling.elapsed().as_secs_f64()
-    );
-    let last = log.last_sequence(&subjects.events_stream()).await?;
 
     let env = [
         ("NATS_URL", nats_url()?),
