@@ -292,6 +292,23 @@ pub(crate) fn table(f: &Value) -> String {
                 );
                 continue;
             }
+            let zero = |field: &str| k[field].as_f64().is_none_or(|v| v == 0.0);
+            if [
+                "events_published",
+                "heartbeats_received",
+                "fanout_deliveries",
+            ]
+            .into_iter()
+            .all(zero)
+            {
+                // The counters are the edge's; another role (the aggregator) has none of them.
+                row(
+                    &mut s,
+                    &format!("counters {name}"),
+                    "none of the edge's counters moved (not an edge?)".to_owned(),
+                );
+                continue;
+            }
             row(
                 &mut s,
                 &format!("counters {name}"),
