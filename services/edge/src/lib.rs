@@ -29,7 +29,6 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use presence_auth::{KeyError, Verifier};
 use presence_config::{Environment, Secret};
 use presence_events::{NodeId, Subjects};
@@ -322,14 +321,6 @@ impl Edge {
         })?;
         tasks.spawn(async move {
             let stop = shutdown.clone();
-            // Updates are small frames that must leave at once: with Nagle's algorithm a
-            // frame written while an earlier one is unacknowledged waits for the client's
-            // (delayed) ACK, tens of milliseconds.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
-                }
-            });
             let served = axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -101,8 +101,7 @@ impl SioClient {
         let config = options
             .read_buffer_size
             .map(|size| WebSocketConfig::default().read_buffer_size(size));
-        // Nagle off, as browsers and Node's `ws` do for WebSockets.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, config, true).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, config, false).await?;
         let (mut sink, mut stream) = ws.split();
 
         // Engine.IO open packet.

@@ -47,8 +47,6 @@ impl KeepAlive {
     async fn exchange(&mut self, path: &str, body: &str) -> anyhow::Result<u16> {
         if self.conn.is_none() {
             let stream = TcpStream::connect(&self.addr).await?;
-            // Like browsers: no Nagle delay on small requests.
-            stream.set_nodelay(true)?;
             self.conn = Some(BufReader::new(stream));
         }
         let conn = self.conn.as_mut().context("no connection")?;

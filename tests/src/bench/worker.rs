@@ -569,7 +569,7 @@ async fn active_user(
     let setup = tokio::time::timeout(sh.connect_timeout, async {
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+            tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
         ws.send(Message::text(auth.to_string())).await?;
         loop {
             match ws.next().await {
