@@ -454,9 +454,7 @@ async fn sio_user(
     keep(first, &mut records, &mut live);
     eligible.store(!silent && !live.is_empty(), Ordering::Release);
 
-    let period = sh.heartbeat;
-    let mut beat = interval_at(Instant::now() + period, period);
-    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut beat = heartbeats(sh.heartbeat);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -605,9 +603,7 @@ async fn active_user(
     };
     record_setup(&sh, 0, began);
     sh.opened(ACTIVE);
-    let period = sh.heartbeat;
-    let mut ping = interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping = heartbeats(sh.heartbeat);
     loop {
         tokio::select! {
             _ = commands.recv() => {
@@ -673,9 +669,7 @@ async fn http_user(
     }
     record_setup(&sh, 1, began);
     sh.opened(HTTP);
-    let period = sh.heartbeat;
-    let mut beat = interval_at(Instant::now() + period, period);
-    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut beat = heartbeats(sh.heartbeat);
     loop {
         tokio::select! {
             _ = commands.recv() => {
@@ -701,4 +695,12 @@ fn record_setup(sh: &Shared, which: usize, began: Instant) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(began.elapsed().as_micros() as u64);
+}
+
+/// A client's heartbeat clock: the first tick one period from now, late ticks delayed rather
+/// than bunched.
+fn heartbeats(period: Duration) -> tokio::time::Interval {
+    let mut timer = interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
 }
