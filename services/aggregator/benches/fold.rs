@@ -45,7 +45,8 @@ fn run(connections: usize) {
                     class: class.clone(),
                 },
             )
-            .encode(),
+            .encode()
+            .expect("events encode"),
         );
     }
     let joins = log.len();
@@ -64,9 +65,17 @@ fn run(connections: usize) {
                 })
                 .collect();
             beats += entries.len() as u64;
-            log.push(Event::new(node.clone(), at, EventBody::Beat { beats: entries }).encode());
+            log.push(
+                Event::new(node.clone(), at, EventBody::Beat { beats: entries })
+                    .encode()
+                    .expect("events encode"),
+            );
         }
-        log.push(Event::new(node.clone(), at.plus(1), EventBody::Tick).encode());
+        log.push(
+            Event::new(node.clone(), at.plus(1), EventBody::Tick)
+                .encode()
+                .expect("events encode"),
+        );
     }
     let bytes: usize = log[joins..].iter().map(Vec::len).sum();
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use presence_events::{ClusterStats, Event, Millis, SCHEMA_VERSION, Subjects};
+use presence_events::{ClusterStats, EncodeError, Event, Millis, SCHEMA_VERSION, Subjects};
 use presence_log::{EventLog, Outgoing, StartAt, publish_all_durable};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -226,24 +226,24 @@ async fn fold_until_interrupted(
                         .increment(1);
                     for metrics in state.active.apply(delivered.seq, &event) {
                         saved.labels.record(&metrics);
-                        changes.push(Outgoing {
-                            subject: subjects.metrics(&metrics.tenant),
-                            msg_id: metrics.msg_id(),
-                            payload: Bytes::from(metrics.encode()),
-                        });
+                        changes.extend(outgoing(
+                            subjects.metrics(&metrics.tenant),
+                            metrics.msg_id(),
+                            metrics.encode(),
+                        ));
                     }
                     let tick = matches!(event.body, presence_events::EventBody::Tick);
                     for change in state.presence.apply(delivered.seq, &event) {
                         metrics::counter!("presence_changes_total", "cause" => change.cause.as_str())
                             .increment(1);
-                        changes.push(Outgoing {
-                            subject: subjects.change(&change.tenant, &change.user),
-                            msg_id: change.msg_id(),
-                            payload: Bytes::from(change.encode()),
-                        });
+                        changes.extend(outgoing(
+                            subjects.change(&change.tenant, &change.user),
+                            change.msg_id(),
+                            change.encode(),
+                        ));
                     }
                     if tick {
-                        changes.push(stats_message(subjects, state, delivered.seq, started_at));
+                        changes.extend(stats_message(subjects, state, delivered.seq, started_at));
                     }
                 }
                 Err(e) => {
@@ -285,17 +285,39 @@ async fn fold_until_interrupted(
 }
 
 /// The cluster figures as of the tick at `seq`, for every edge's `/api/health`.
-fn stats_message(subjects: &Subjects, state: &Fold, seq: u64, started_at: Millis) -> Outgoing {
+fn stats_message(
+    subjects: &Subjects,
+    state: &Fold,
+    seq: u64,
+    started_at: Millis,
+) -> Option<Outgoing> {
     let stats = ClusterStats {
         v: SCHEMA_VERSION,
         presence: state.presence.stats().clone(),
         started_at,
         seq,
     };
-    Outgoing {
-        subject: subjects.stats(),
-        msg_id: format!("stats-{seq}"),
-        payload: Bytes::from(stats.encode()),
+    outgoing(subjects.stats(), format!("stats-{seq}"), stats.encode())
+}
+
+/// The message for an encoded output of the fold. One that could not be encoded (a bug: the
+/// outputs hold only strings and numbers) is counted and logged, and not published.
+fn outgoing(
+    subject: String,
+    msg_id: String,
+    encoded: Result<Vec<u8>, EncodeError>,
+) -> Option<Outgoing> {
+    match encoded {
+        Ok(payload) => Some(Outgoing {
+            subject,
+            msg_id,
+            payload: Bytes::from(payload),
+        }),
+        Err(e) => {
+            metrics::counter!("presence_encode_failures_total", "what" => e.what).increment(1);
+            tracing::error!(error = %e, subject, "cannot encode an output of the fold; not published");
+            None
+        }
     }
 }
 
@@ -356,8 +378,18 @@ mod tests {
             let mut out = Vec::new();
             for (i, e) in events.iter().enumerate() {
                 let seq = (from + i + 1) as u64;
-                out.extend(fold.presence.apply(seq, e).into_iter().map(|c| c.encode()));
-                out.extend(fold.active.apply(seq, e).into_iter().map(|m| m.encode()));
+                out.extend(
+                    fold.presence
+                        .apply(seq, e)
+                        .into_iter()
+                        .map(|c| c.encode().unwrap()),
+                );
+                out.extend(
+                    fold.active
+                        .apply(seq, e)
+                        .into_iter()
+                        .map(|m| m.encode().unwrap()),
+                );
             }
             out
         };

@@ -57,10 +57,18 @@ pub(crate) async fn publish_ticks(
         let at = Millis::now();
         last_tick = Some(at);
         let event = Event::new(node.clone(), at, tick.clone());
+        let payload = match event.encode() {
+            Ok(payload) => Bytes::from(payload),
+            Err(e) => {
+                metrics::counter!("presence_encode_failures_total", "what" => e.what).increment(1);
+                tracing::error!(error = %e, kind = tick.kind(), "cannot encode a clock tick");
+                continue;
+            }
+        };
         let msg = Outgoing {
             subject: subject.clone(),
             msg_id: event.id.to_string(),
-            payload: Bytes::from(event.encode()),
+            payload,
         };
         // A lost tick only delays the sweep to the next one.
         if let Err(e) = publish_durable(log.as_ref(), msg).await {

@@ -65,17 +65,13 @@ impl Cause {
 
 impl PresenceChange {
     /// Encodes for the log.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, crate::EncodeError> {
+        crate::codec::encode("change", self)
     }
 
-    /// Decodes from the log.
+    /// Decodes from the log, refusing versions this build does not know.
     pub fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
-        let change: PresenceChange = serde_json::from_slice(bytes)?;
-        if change.v > crate::SCHEMA_VERSION {
-            return Err(crate::DecodeError::UnsupportedVersion(change.v));
-        }
-        Ok(change)
+        crate::codec::decode(bytes)
     }
 
     /// The de-duplication id of this change: derived from the event it came from, so that a
@@ -87,5 +83,11 @@ impl PresenceChange {
             self.tenant,
             crate::hex_token(self.user.as_str())
         )
+    }
+}
+
+impl crate::codec::Versioned for PresenceChange {
+    fn version(&self) -> u16 {
+        self.v
     }
 }

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::codec::{self, DecodeError, EncodeError};
 use crate::{
     ConnId, Details, Millis, NodeId, SessionId, SetStatus, TabId, TenantId, UserId, ViewerClass,
 };
@@ -182,17 +183,6 @@ pub enum LeaveReason {
     Server,
 }
 
-/// Why bytes from the log could not be read as an event.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// Not valid JSON of the schema.
-    #[error("malformed event: {0}")]
-    Malformed(#[from] serde_json::Error),
-    /// Written by a newer build.
-    #[error("event schema version {0} is newer than this build understands ({SCHEMA_VERSION})")]
-    UnsupportedVersion(u16),
-}
-
 impl Event {
     /// A new event written now by `node`.
     pub fn new(node: NodeId, at: Millis, body: EventBody) -> Self {
@@ -211,18 +201,19 @@ impl Event {
     }
 
     /// Encodes for the log.
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain structs of strings and numbers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode("event", self)
     }
 
     /// Decodes from the log, refusing versions this build does not know.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let event: Event = serde_json::from_slice(bytes)?;
-        if event.v > SCHEMA_VERSION {
-            return Err(DecodeError::UnsupportedVersion(event.v));
-        }
-        Ok(event)
+        codec::decode(bytes)
+    }
+}
+
+impl codec::Versioned for Event {
+    fn version(&self) -> u16 {
+        self.v
     }
 }
 
@@ -264,14 +255,14 @@ mod tests {
     #[test]
     fn events_round_trip_through_their_encoding() {
         let event = join();
-        assert_eq!(Event::decode(&event.encode()).unwrap(), event);
+        assert_eq!(Event::decode(&event.encode().unwrap()).unwrap(), event);
         let tick = Event::new(NodeId::parse("agg").unwrap(), Millis(5), EventBody::Tick);
-        assert_eq!(Event::decode(&tick.encode()).unwrap(), tick);
+        assert_eq!(Event::decode(&tick.encode().unwrap()).unwrap(), tick);
     }
 
     #[test]
     fn the_wire_form_is_the_documented_one() {
-        let json: serde_json::Value = serde_json::from_slice(&join().encode()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&join().encode().unwrap()).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["body"]["type"], "join");
         assert_eq!(json["body"]["data"]["user"], "alice");

@@ -207,6 +207,17 @@ pub struct UserKey {
     pub user: UserId,
 }
 
+/// One tab of one browser session of one customer: what active users keep per tab.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TabKey {
+    /// The customer.
+    pub tenant: TenantId,
+    /// The browser session.
+    pub session: SessionId,
+    /// The tab.
+    pub tab: TabId,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

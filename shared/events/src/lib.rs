@@ -7,6 +7,7 @@
 //! still decodes what the live system wrote.
 
 mod change;
+mod codec;
 mod event;
 mod ids;
 mod metrics;
@@ -16,11 +17,13 @@ mod subjects;
 mod time;
 
 pub use change::{Cause, PresenceChange};
+pub use codec::{DecodeError, EncodeError};
 pub use event::{
-    BeatEntry, DecodeError, Event, EventBody, LeaveReason, SCHEMA_VERSION, SessionBeatEntry,
-    Transport,
+    BeatEntry, Event, EventBody, LeaveReason, SCHEMA_VERSION, SessionBeatEntry, Transport,
 };
-pub use ids::{ConnId, IdError, NodeId, SessionId, TabId, TenantId, UserId, UserKey, ViewerClass};
+pub use ids::{
+    ConnId, IdError, NodeId, SessionId, TabId, TabKey, TenantId, UserId, UserKey, ViewerClass,
+};
 pub use metrics::TenantMetrics;
 pub use stats::{ClusterStats, PresenceStats};
 pub use status::{Details, DetailsError, SetStatus, Status, StatusError};

@@ -23,21 +23,23 @@ pub struct TenantMetrics {
 
 impl TenantMetrics {
     /// Encodes for the log.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, crate::EncodeError> {
+        crate::codec::encode("metrics", self)
     }
 
-    /// Decodes from the log.
+    /// Decodes from the log, refusing versions this build does not know.
     pub fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
-        let m: TenantMetrics = serde_json::from_slice(bytes)?;
-        if m.v > crate::SCHEMA_VERSION {
-            return Err(crate::DecodeError::UnsupportedVersion(m.v));
-        }
-        Ok(m)
+        crate::codec::decode(bytes)
     }
 
     /// De-duplication id: one value per customer per tick.
     pub fn msg_id(&self) -> String {
         format!("met-{}-{}", self.seq, self.tenant)
+    }
+}
+
+impl crate::codec::Versioned for TenantMetrics {
+    fn version(&self) -> u16 {
+        self.v
     }
 }

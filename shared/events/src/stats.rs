@@ -37,16 +37,18 @@ pub struct ClusterStats {
 
 impl ClusterStats {
     /// Encodes for the log.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, crate::EncodeError> {
+        crate::codec::encode("stats", self)
     }
 
-    /// Decodes from the log.
+    /// Decodes from the log, refusing versions this build does not know.
     pub fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
-        let stats: ClusterStats = serde_json::from_slice(bytes)?;
-        if stats.v > crate::SCHEMA_VERSION {
-            return Err(crate::DecodeError::UnsupportedVersion(stats.v));
-        }
-        Ok(stats)
+        crate::codec::decode(bytes)
+    }
+}
+
+impl crate::codec::Versioned for ClusterStats {
+    fn version(&self) -> u16 {
+        self.v
     }
 }

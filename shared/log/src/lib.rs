@@ -5,6 +5,7 @@
 //! Everything else in the system is written against [`EventLog`] and never knows which one
 //! it talks to. NATS types stay inside this crate.
 
+mod follow;
 mod jetstream;
 mod memory;
 
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use follow::{Latest, follow_latest};
 pub use jetstream::JetStreamLog;
 pub use memory::MemoryLog;
 
@@ -231,53 +233,4 @@ async fn pipelined(log: &dyn EventLog, messages: &[Outgoing]) -> Result<(), (usi
         }
     }
     Ok(())
-}
-
-/// Reads `stream` from `start` until `shutdown`, handing every message to `handle` in order.
-/// When the subscription fails or ends it resubscribes from `start` again, with backoff
-/// (handlers of "last per subject" feeds skip what they already have). `on_subscribed` runs
-/// each time a subscription is in place.
-pub async fn follow_stream<H, Fut>(
-    log: &dyn EventLog,
-    stream: &str,
-    start: StartAt,
-    shutdown: &tokio_util::sync::CancellationToken,
-    mut on_subscribed: impl FnMut(),
-    mut handle: H,
-) where
-    H: FnMut(Delivered) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    use futures::StreamExt;
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        match log.subscribe(stream, start, None).await {
-            Ok(mut deliveries) => {
-                backoff = Duration::from_millis(100);
-                on_subscribed();
-                loop {
-                    let next = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        next = deliveries.next() => next,
-                    };
-                    match next {
-                        Some(Ok(delivered)) => handle(delivered).await,
-                        Some(Err(e)) => tracing::warn!(error = %e, stream, "delivery failed"),
-                        None => {
-                            tracing::warn!(stream, "subscription ended; resubscribing");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, stream, retry_in = ?backoff, "cannot read the stream")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
 }

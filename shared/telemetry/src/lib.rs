@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,11 +24,26 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The process-wide metrics recorder could not be installed (one is already).
+    #[error("cannot install the Prometheus metrics recorder: {0}")]
+    Recorder(#[from] metrics_exporter_prometheus::BuildError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen for the admin endpoints on {addr} (PRESENCE_ADMIN_ADDR): {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Installs the process-wide metrics recorder; its handle renders the Prometheus text.
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the Prometheus metrics recorder")
+pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
+    Ok(PrometheusBuilder::new().install_recorder()?)
 }
 
 /// Whether a role is ready for traffic, as the load balancer asks at `/readyz`.
@@ -61,11 +75,15 @@ pub async fn serve_admin(
     readiness: Readiness,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+) -> Result<SocketAddr, TelemetryError> {
+    let bind_error = |source| TelemetryError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the admin listener on {addr}"))?;
-    let local = listener.local_addr()?;
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/livez", get(async || "ok"))

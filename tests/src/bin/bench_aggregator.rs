@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Outgoing {
             subject: subjects.event(event.kind()),
             msg_id: event.id.to_string(),
-            payload: Bytes::from(event.encode()),
+            payload: Bytes::from(event.encode().expect("events encode")),
         }
     };
     let mut messages: Vec<Outgoing> = conns

@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
             Outgoing {
                 subject: subjects.change(&change.tenant, &change.user),
                 msg_id: change.msg_id(),
-                payload: Bytes::from(change.encode()),
+                payload: Bytes::from(change.encode().expect("changes encode")),
             }
         })
         .collect();

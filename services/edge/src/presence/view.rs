@@ -8,53 +8,9 @@ use std::sync::RwLock;
 use presence_events::{
     Details, Millis, PresenceChange, Status, TenantId, UserId, UserKey, ViewerClass, format_rfc3339,
 };
-use serde::Serialize;
 
-use crate::dashboard::DashboardUser;
-use crate::visibility::VisibilityPolicy;
-
-/// What clients receive about one user: the `presence-update` payload and each entry of a
-/// `presence:query` answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PresenceUpdate {
-    /// The user.
-    pub user_id: UserId,
-    /// `online`, `offline`, `live` or `in_call`.
-    pub status: Status,
-    /// Whether the user has a live connection.
-    pub online: bool,
-    /// RFC 3339 time the user was last seen, or `null` if never.
-    pub last_seen: Option<String>,
-    /// Details of `live` / `in_call`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<Details>,
-}
-
-impl PresenceUpdate {
-    /// The update a change announces.
-    pub fn from_change(change: &PresenceChange) -> Self {
-        Self {
-            user_id: change.user.clone(),
-            status: change.status,
-            online: change.online,
-            last_seen: change.last_seen.map(format_rfc3339),
-            details: change.details.clone(),
-        }
-    }
-
-    /// What is said of a user never seen, or not visible to the asker: offline, never seen.
-    /// Hidden users are indistinguishable from absent ones, so visibility cannot be probed.
-    pub fn unknown(user: UserId) -> Self {
-        Self {
-            user_id: user,
-            status: Status::Offline,
-            online: false,
-            last_seen: None,
-            details: None,
-        }
-    }
-}
+use super::VisibilityPolicy;
+use crate::wire::{PresenceUpdate, TenantPresence};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -64,6 +20,19 @@ struct Entry {
     last_seen: Option<Millis>,
     details: Option<Details>,
     seq: u64,
+}
+
+impl Entry {
+    /// What clients are told of `user`, whose entry this is.
+    fn presence_of(&self, user: UserId) -> PresenceUpdate {
+        PresenceUpdate {
+            user_id: user,
+            status: self.status,
+            online: self.online,
+            last_seen: self.last_seen.map(format_rfc3339),
+            details: self.details.clone(),
+        }
+    }
 }
 
 /// Everyone's presence as this edge knows it.
@@ -115,13 +84,9 @@ impl PresenceView {
                     user,
                 };
                 match known.get(&key) {
-                    Some(entry) if policy.can_see(viewer, &entry.class) => PresenceUpdate {
-                        user_id: key.user,
-                        status: entry.status,
-                        online: entry.online,
-                        last_seen: entry.last_seen.map(format_rfc3339),
-                        details: entry.details.clone(),
-                    },
+                    Some(entry) if policy.can_see(viewer, &entry.class) => {
+                        entry.presence_of(key.user)
+                    }
                     _ => PresenceUpdate::unknown(key.user),
                 }
             })
@@ -151,13 +116,7 @@ impl PresenceView {
         visible
             .into_iter()
             .take(limit)
-            .map(|(k, e)| PresenceUpdate {
-                user_id: k.user.clone(),
-                status: e.status,
-                online: e.online,
-                last_seen: e.last_seen.map(format_rfc3339),
-                details: e.details.clone(),
-            })
+            .map(|(k, e)| e.presence_of(k.user.clone()))
             .collect()
     }
 
@@ -172,7 +131,7 @@ impl PresenceView {
     }
 
     /// How many users are online, and the first `limit` of them by tenant and user id.
-    pub(crate) fn online_page(&self, limit: usize) -> (usize, Vec<DashboardUser>) {
+    pub(crate) fn online_page(&self, limit: usize) -> (usize, Vec<TenantPresence>) {
         let known = self.users.read().unwrap_or_else(|e| e.into_inner());
         let mut online: Vec<(&UserKey, &Entry)> = known.iter().filter(|(_, e)| e.online).collect();
         let total = online.len();
@@ -185,13 +144,9 @@ impl PresenceView {
         let page = online
             .into_iter()
             .take(limit)
-            .map(|(k, e)| DashboardUser {
+            .map(|(k, e)| TenantPresence {
                 tenant: k.tenant.clone(),
-                user_id: k.user.clone(),
-                status: e.status,
-                online: e.online,
-                last_seen: e.last_seen.map(format_rfc3339),
-                details: e.details.clone(),
+                presence: e.presence_of(k.user.clone()),
             })
             .collect();
         (total, page)

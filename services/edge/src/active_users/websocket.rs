@@ -14,15 +14,15 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use presence_events::{EventBody, Millis, Transport};
+use presence_events::{EventBody, Millis, TabKey, Transport};
 use tokio::sync::broadcast;
 
-use crate::active_protocol::{
-    ClientMessage, InputError, MAX_MESSAGE_BYTES, ServerMessage, TabRef, TabRequest,
-    parse_client_message,
+use super::ActiveUsersContext;
+use super::protocol::{
+    ClientMessage, InputError, MAX_MESSAGE_BYTES, TabRequest, parse_client_message,
 };
-use crate::active_users::ActiveUsersContext;
-use crate::rate_limit::Verdict;
+use super::rate_limit::{BlockedBy, Verdict};
+use crate::wire::ServerMessage;
 
 /// Invalid messages tolerated before the socket is closed.
 const MAX_INVALID: u32 = 5;
@@ -38,7 +38,7 @@ mod close {
 }
 
 /// Upgrades to the active-users protocol.
-pub(crate) async fn upgrade(
+pub(super) async fn upgrade(
     ws: WebSocketUpgrade,
     State(cx): State<Arc<ActiveUsersContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -75,11 +75,13 @@ enum Incoming {
 }
 
 impl Conn {
+    /// Sends a frame; `false` if the socket is gone (or the frame could not be encoded,
+    /// which is counted and logged where it is encoded).
     async fn send(&mut self, message: ServerMessage<'_>) -> bool {
-        self.sink
-            .send(Message::Text(message.to_text().into()))
-            .await
-            .is_ok()
+        let Some(text) = message.to_text() else {
+            return false;
+        };
+        self.sink.send(Message::Text(text.into())).await.is_ok()
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
@@ -236,8 +238,8 @@ async fn authenticate(conn: &mut Conn, cx: &ActiveUsersContext, ip: IpAddr) -> O
                         let message = format!(
                             "too many requests from this {}; retry in {retry_after_secs} s",
                             match by {
-                                crate::rate_limit::BlockedBy::Ip => "IP address",
-                                crate::rate_limit::BlockedBy::Customer => "customer",
+                                BlockedBy::Ip => "IP address",
+                                BlockedBy::Customer => "customer",
                             }
                         );
                         metrics::counter!("presence_rate_limited_total", "blocked_by" => "websocket").increment(1);
@@ -275,7 +277,7 @@ async fn authenticate(conn: &mut Conn, cx: &ActiveUsersContext, ip: IpAddr) -> O
 async fn follow(
     conn: &mut Conn,
     cx: &ActiveUsersContext,
-    tab: &TabRef,
+    tab: &TabKey,
     mut updates: broadcast::Receiver<Arc<str>>,
 ) {
     if let Some(latest) = cx.hub.latest(&tab.tenant) {

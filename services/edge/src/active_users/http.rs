@@ -14,9 +14,10 @@ use axum::response::{IntoResponse, Response};
 use presence_events::{EventBody, Millis, TenantId, Transport};
 use serde::Serialize;
 
-use crate::active_protocol::{InputError, MetricsData, TabRequest, parse_tab_request};
-use crate::active_users::ActiveUsersContext;
-use crate::rate_limit::{RateInfo, Verdict, rate_headers, too_many_requests};
+use super::ActiveUsersContext;
+use super::protocol::{InputError, TabRequest, parse_tab_request};
+use super::rate_limit::{RateInfo, Verdict, rate_headers, too_many_requests};
+use crate::wire::MetricsData;
 
 /// How much longer than a beat flush an HTTP beat waits for its batch to be durable before
 /// it is answered 503.
@@ -74,7 +75,7 @@ fn refuse(endpoint: &'static str, e: &InputError, info: Option<RateInfo>) -> Res
 }
 
 /// `POST /presence/{join,beat,leave}`.
-pub(crate) async fn tab_event(
+pub(super) async fn tab_event(
     State(cx): State<Arc<ActiveUsersContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(action): Path<String>,
@@ -213,7 +214,7 @@ async fn append(cx: &ActiveUsersContext, endpoint: &'static str, event: EventBod
 }
 
 /// `GET /metrics?customerId=`: the customer's latest count and EMA.
-pub(crate) async fn metrics(
+pub(super) async fn metrics(
     State(cx): State<Arc<ActiveUsersContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,

@@ -1,26 +1,18 @@
-//! The active-users protocol, parsed on bytes alone: the JSON bodies of
-//! `POST /presence/{join,beat,leave}`, the client messages of `/ws/active-users`, and the
-//! server messages. Every refusal names the field and says what was expected.
+//! The active-users protocol as clients send it, parsed on bytes alone: the JSON bodies of
+//! `POST /presence/{join,beat,leave}` and the client messages of `/ws/active-users`. Every
+//! refusal names the field and says what was expected. What the server sends is in
+//! [`crate::wire`].
 
-use presence_events::{Millis, SessionId, TabId, TenantId, TenantMetrics};
-use serde::Serialize;
+use presence_events::{SessionId, TabId, TabKey, TenantId};
 use serde_json::{Map, Value};
 
 /// Largest accepted WebSocket frame or HTTP body, in bytes.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
 
-/// One tab of one browser session of one customer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct TabRef {
-    pub(crate) tenant: TenantId,
-    pub(crate) session: SessionId,
-    pub(crate) tab: TabId,
-}
-
 /// A join / beat / leave request (HTTP) or an `auth` message (WebSocket).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TabRequest {
-    pub(crate) tab: TabRef,
+    pub(crate) tab: TabKey,
     pub(crate) platform: Option<String>,
 }
 
@@ -135,7 +127,7 @@ fn optional_timestamp(map: &Map<String, Value>) -> Result<(), InputError> {
 }
 
 fn tab_request(map: &Map<String, Value>) -> Result<TabRequest, InputError> {
-    let tab = TabRef {
+    let tab = TabKey {
         tenant: required_id(map, "customerId", TenantId::parse)?,
         session: required_id(map, "sessionId", SessionId::parse)?,
         tab: required_id(map, "tabId", TabId::parse)?,
@@ -175,65 +167,6 @@ pub(crate) fn parse_client_message(text: &str) -> Result<ClientMessage, InputErr
             "type",
             "type is required: \"auth\" or \"ping\"".into(),
         )),
-    }
-}
-
-/// A customer's metrics as clients see them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct MetricsData {
-    pub(crate) customer_id: TenantId,
-    pub(crate) timestamp: Millis,
-    pub(crate) count: u64,
-    pub(crate) ema: f64,
-}
-
-impl MetricsData {
-    pub(crate) fn from_metrics(m: &TenantMetrics) -> Self {
-        Self {
-            customer_id: m.tenant.clone(),
-            timestamp: m.at,
-            count: m.count,
-            // Two decimals are all a display needs; keeps frames short and stable.
-            ema: (m.ema * 100.0).round() / 100.0,
-        }
-    }
-
-    /// Before the first tick: nobody counted yet.
-    pub(crate) fn empty(customer: TenantId, now: Millis) -> Self {
-        Self {
-            customer_id: customer,
-            timestamp: now,
-            count: 0,
-            ema: 0.0,
-        }
-    }
-}
-
-/// A message to an active-users WebSocket client.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type")]
-pub(crate) enum ServerMessage<'a> {
-    #[serde(rename = "hello")]
-    Hello {
-        timestamp: Millis,
-        #[serde(rename = "sessionId")]
-        session_id: &'a SessionId,
-    },
-    #[serde(rename = "pong")]
-    Pong { timestamp: Millis },
-    #[serde(rename = "metrics:update")]
-    MetricsUpdate { data: &'a MetricsData },
-    #[serde(rename = "error")]
-    Error {
-        code: &'static str,
-        message: &'a str,
-    },
-}
-
-impl ServerMessage<'_> {
-    pub(crate) fn to_text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -325,27 +258,5 @@ mod tests {
         assert_eq!(ok.platform.as_deref(), Some("web"));
         let e = parse_tab_request(br#"{"customerId":"a","tabId":"t"}"#).unwrap_err();
         assert_eq!(e.field, Some("sessionId"));
-    }
-
-    #[test]
-    fn server_messages_have_the_documented_shape() {
-        let data = MetricsData {
-            customer_id: TenantId::parse("shop").unwrap(),
-            timestamp: Millis(10),
-            count: 3,
-            ema: 2.5,
-        };
-        assert_eq!(
-            ServerMessage::MetricsUpdate { data: &data }.to_text(),
-            r#"{"type":"metrics:update","data":{"customerId":"shop","timestamp":10,"count":3,"ema":2.5}}"#
-        );
-        assert_eq!(
-            ServerMessage::Error {
-                code: "x",
-                message: "y"
-            }
-            .to_text(),
-            r#"{"type":"error","code":"x","message":"y"}"#
-        );
     }
 }

@@ -5,15 +5,14 @@
 //! the dashboard's charts.
 
 use presence_events::{Millis, Subjects, TenantId, TenantMetrics};
-use presence_log::{EventLog, StartAt};
+use presence_log::EventLog;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::active_protocol::{MetricsData, ServerMessage};
-use crate::dashboard::DashboardFeed;
+use crate::wire::{MetricsData, ServerMessage};
 
 /// Values kept per customer for the charts: ten minutes of default 5 s ticks.
 pub(crate) const HISTORY_POINTS: usize = 120;
@@ -70,19 +69,26 @@ impl Customers {
 }
 
 /// Latest metrics per customer and their subscribers.
-#[derive(Default)]
 pub(crate) struct MetricsHub {
     customers: RwLock<Customers>,
-    dashboard: Arc<DashboardFeed>,
+    /// Every customer's ticks, for whoever watches them all (the dashboard).
+    ticks: broadcast::Sender<MetricsData>,
+}
+
+impl Default for MetricsHub {
+    fn default() -> Self {
+        Self {
+            customers: RwLock::default(),
+            // A watcher this far behind starts over from a snapshot.
+            ticks: broadcast::channel(1_024).0,
+        }
+    }
 }
 
 impl MetricsHub {
-    /// A hub that also tells `dashboard` of every tick.
-    pub(crate) fn new(dashboard: Arc<DashboardFeed>) -> Self {
-        Self {
-            customers: RwLock::default(),
-            dashboard,
-        }
+    /// Every customer's ticks from now on.
+    pub(crate) fn watch_ticks(&self) -> broadcast::Receiver<MetricsData> {
+        self.ticks.subscribe()
     }
 
     /// Frames of every future tick of `tenant`.
@@ -136,9 +142,9 @@ impl MetricsHub {
 
     fn update(&self, metrics: &TenantMetrics) {
         let data = MetricsData::from_metrics(metrics);
-        let frame: Arc<str> = ServerMessage::MetricsUpdate { data: &data }
+        let frame: Option<Arc<str>> = ServerMessage::MetricsUpdate { data: &data }
             .to_text()
-            .into();
+            .map(Arc::from);
         let mut customers = self.customers.write().unwrap_or_else(|e| e.into_inner());
         // A history place goes to a customer that ticks, never to an id a client only asked for.
         let room_for_history = customers.with_history < HISTORY_CUSTOMERS;
@@ -162,9 +168,11 @@ impl MetricsHub {
             }
             history.push_back(Point::from(&data));
         }
-        self.dashboard.metrics(&data);
+        if self.ticks.receiver_count() > 0 {
+            let _ = self.ticks.send(data.clone());
+        }
         customer.latest = Some(data);
-        let receivers = customer.updates.send(frame).unwrap_or(0);
+        let receivers = frame.map_or(0, |frame| customer.updates.send(frame).unwrap_or(0));
         if history_added {
             customers.with_history += 1;
         }
@@ -178,18 +186,15 @@ impl MetricsHub {
         subjects: Subjects,
         shutdown: CancellationToken,
     ) {
-        let stream = subjects.metrics_stream();
-        presence_log::follow_stream(
+        presence_log::follow_latest(
             log.as_ref(),
-            &stream,
-            StartAt::LastPerSubject,
+            &subjects.metrics_stream(),
+            "metrics",
             &shutdown,
+            TenantMetrics::decode,
             || {},
-            |delivered| {
-                match TenantMetrics::decode(&delivered.payload) {
-                    Ok(m) => self.update(&m),
-                    Err(e) => tracing::error!(error = %e, "skipping undecodable metrics"),
-                }
+            |latest| {
+                self.update(&latest.value);
                 std::future::ready(())
             },
         )

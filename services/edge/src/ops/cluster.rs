@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use presence_events::{ClusterStats, Subjects};
-use presence_log::{EventLog, StartAt};
+use presence_log::EventLog;
 use tokio_util::sync::CancellationToken;
 
 /// The newest cluster figures.
@@ -21,29 +21,30 @@ impl ClusterFigures {
             .clone()
     }
 
+    /// Keeps `stats` if they are newer than what is known (a resubscription redelivers).
+    fn update(&self, stats: ClusterStats) {
+        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
+        if latest.as_ref().is_none_or(|known| known.seq < stats.seq) {
+            *latest = Some(stats);
+        }
+    }
+
+    /// Follows the stats stream until `shutdown`.
     pub(crate) async fn follow(
         self: Arc<Self>,
         log: Arc<dyn EventLog>,
         subjects: Subjects,
         shutdown: CancellationToken,
     ) {
-        let stream = subjects.stats_stream();
-        presence_log::follow_stream(
+        presence_log::follow_latest(
             log.as_ref(),
-            &stream,
-            StartAt::LastPerSubject,
+            &subjects.stats_stream(),
+            "stats",
             &shutdown,
+            ClusterStats::decode,
             || {},
-            |delivered| {
-                match ClusterStats::decode(&delivered.payload) {
-                    Ok(stats) => {
-                        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
-                        if latest.as_ref().is_none_or(|known| known.seq < stats.seq) {
-                            *latest = Some(stats);
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "skipping undecodable cluster figures"),
-                }
+            |latest| {
+                self.update(latest.value);
                 std::future::ready(())
             },
         )

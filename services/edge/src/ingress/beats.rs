@@ -9,32 +9,31 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use presence_events::{BeatEntry, ConnId, EventBody, Millis, SessionBeatEntry};
-use presence_log::publish_all_durable;
+use presence_events::{BeatEntry, ConnId, EventBody, Millis, SessionBeatEntry, TabKey};
+use presence_log::{Outgoing, publish_all_durable};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::active_protocol::TabRef;
-use crate::publisher::EventPublisher;
+use super::EventPublisher;
 
 /// Most connections in one beat message (keeps messages well under NATS' 1 MiB limit).
 const MAX_BEATS_PER_MESSAGE: usize = 2_000;
 
 enum Command {
     Beat(BeatEntry),
-    TabBeat(TabRef),
+    TabBeat(TabKey),
     /// A tab's beat (at its arrival time) whose sender waits until it is durable (`true`).
-    DurableTabBeat(TabRef, Millis, oneshot::Sender<bool>),
+    DurableTabBeat(TabKey, Millis, oneshot::Sender<bool>),
     Forget(ConnId, oneshot::Sender<()>),
-    ForgetTab(TabRef, oneshot::Sender<()>),
+    ForgetTab(TabKey, oneshot::Sender<()>),
 }
 
 #[derive(Default)]
 struct Pending {
     conns: HashMap<ConnId, BeatEntry>,
-    tabs: HashMap<TabRef, Millis>,
+    tabs: HashMap<TabKey, Millis>,
     /// Senders of the beats in this batch that wait for it to be durable.
     waiters: Vec<oneshot::Sender<bool>>,
 }
@@ -64,7 +63,7 @@ impl BeatBatcher {
     }
 
     /// Records an active-users ping of a tab (now); it is appended with the next flush.
-    pub(crate) async fn tab_beat(&self, tab: TabRef) {
+    pub(crate) async fn tab_beat(&self, tab: TabKey) {
         let _ = self.tx.send(Command::TabBeat(tab)).await;
     }
 
@@ -73,7 +72,7 @@ impl BeatBatcher {
     /// A tab's beat over HTTP, received at `at`: batched like the others, and answered once
     /// its batch is durably in the log. `false` if that did not happen within `within` (the
     /// log is unavailable) or the edge is stopping; the beat may still be appended later.
-    pub(crate) async fn tab_beat_durable(&self, tab: TabRef, at: Millis, within: Duration) -> bool {
+    pub(crate) async fn tab_beat_durable(&self, tab: TabKey, at: Millis, within: Duration) -> bool {
         let (done, wait) = oneshot::channel();
         let stored = async {
             self.tx
@@ -93,7 +92,7 @@ impl BeatBatcher {
     }
 
     /// As [`BeatBatcher::forget`], for an active-users tab.
-    pub(crate) async fn forget_tab(&self, tab: TabRef) {
+    pub(crate) async fn forget_tab(&self, tab: TabKey) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::ForgetTab(tab, done)).await.is_ok() {
             let _ = wait.await;
@@ -181,14 +180,17 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
             })
         }));
     }
+    let unencodable = messages.iter().any(Result::is_err);
+    let messages: Vec<Outgoing> = messages.into_iter().filter_map(Result::ok).collect();
     if messages.is_empty() {
-        // Every waiting beat was superseded by its tab's leave: nothing is left to store.
+        // Every waiting beat was superseded by its tab's leave (nothing is left to store),
+        // unless a batch could not be encoded (counted and logged where it was encoded).
         for waiter in waiters {
-            let _ = waiter.send(true);
+            let _ = waiter.send(!unencodable);
         }
         return;
     }
-    let published = publish_all_durable(publisher.log(), &messages, shutdown).await;
+    let published = publish_all_durable(publisher.log(), &messages, shutdown).await && !unencodable;
     let outcome = if published { "ok" } else { "abandoned" };
     metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => outcome)
         .increment(messages.len() as u64);
@@ -206,8 +208,8 @@ mod tests {
 
     use super::*;
 
-    fn tab(id: &str) -> TabRef {
-        TabRef {
+    fn tab(id: &str) -> TabKey {
+        TabKey {
             tenant: TenantId::parse("shop").unwrap(),
             session: SessionId::parse(format!("s-{id}")).unwrap(),
             tab: TabId::parse(format!("t-{id}")).unwrap(),

@@ -14,16 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use presence_events::{PresenceChange, Subjects};
-use presence_log::{EventLog, StartAt};
+use presence_log::EventLog;
 use presence_telemetry::Readiness;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::dashboard::DashboardFeed;
-use crate::socket::LocalConnections;
-use crate::view::{PresenceUpdate, PresenceView};
-use crate::visibility::audience_room;
+use super::visibility::audience_room;
+use super::{LocalConnections, PresenceView};
+use crate::wire::PresenceUpdate;
 
 /// Most changes emitted as one batch: it bounds how long the emitter runs without yielding.
 const MAX_BATCH: usize = 32;
@@ -32,16 +31,17 @@ const PENDING_CHANGES: usize = 4096;
 /// Viewers with a full buffer are logged at most this often.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-pub(crate) struct FanOut {
-    pub(crate) log: Arc<dyn EventLog>,
-    pub(crate) subjects: Subjects,
-    pub(crate) view: Arc<PresenceView>,
-    pub(crate) io: SocketIo,
-    pub(crate) readiness: Readiness,
-    pub(crate) local: Arc<LocalConnections>,
-    pub(crate) dashboard: Arc<DashboardFeed>,
+pub(super) struct FanOut {
+    pub(super) log: Arc<dyn EventLog>,
+    pub(super) subjects: Subjects,
+    pub(super) view: Arc<PresenceView>,
+    pub(super) io: SocketIo,
+    pub(super) readiness: Readiness,
+    pub(super) local: Arc<LocalConnections>,
+    /// Told of every change the view takes in, when anyone listens (the dashboard).
+    pub(super) watchers: broadcast::Sender<PresenceChange>,
     /// When viewers with a full buffer were last logged.
-    pub(crate) last_full_warning: Mutex<Option<Instant>>,
+    pub(super) last_full_warning: Mutex<Option<Instant>>,
 }
 
 /// What one batch's delivery did.
@@ -54,7 +54,7 @@ struct Sent {
 }
 
 impl FanOut {
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
+    pub(super) async fn run(self, shutdown: CancellationToken) {
         let stream = self.subjects.changes_stream();
         let (tx, rx) = mpsc::channel(PENDING_CHANGES);
         let this = &self;
@@ -63,27 +63,23 @@ impl FanOut {
             let tx = &sender;
             // The last change of every user first (the view's starting point), then live
             // ones; after a resubscription the view skips what it already has.
-            presence_log::follow_stream(
+            presence_log::follow_latest(
                 self.log.as_ref(),
                 &stream,
-                StartAt::LastPerSubject,
+                "changes",
                 &shutdown,
+                PresenceChange::decode,
                 || self.readiness.set(true),
-                |delivered| async move {
+                |latest| async move {
                     metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
-                        .set(delivered.pending as f64);
-                    match PresenceChange::decode(&delivered.payload) {
-                        Ok(change) => {
-                            if this.view.apply(&change) {
-                                this.dashboard.presence(&change);
-                                // The emitter only stops once this side has.
-                                let _ = tx.send(change).await;
-                            }
+                        .set(latest.pending as f64);
+                    let change = latest.value;
+                    if this.view.apply(&change) {
+                        if this.watchers.receiver_count() > 0 {
+                            let _ = this.watchers.send(change.clone());
                         }
-                        Err(e) => {
-                            metrics::counter!("presence_changes_rejected_total").increment(1);
-                            tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable change");
-                        }
+                        // The emitter only stops once this side has.
+                        let _ = tx.send(change).await;
                     }
                 },
             )

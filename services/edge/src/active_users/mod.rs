@@ -1,0 +1,120 @@
+//! Active users ("N people are viewing"): the WebSocket endpoint and its HTTP fallback.
+//! Tabs become `session_*` events in the log ([`protocol`] parses what they send, [`websocket`]
+//! and [`http`] serve them, [`rate_limit`] keeps them in bounds); the aggregator counts
+//! sessions per customer and ticks the EMA; the [`metrics_hub`] brings the ticks back to the
+//! customers' sockets and to `GET /metrics`.
+
+mod http;
+mod metrics_hub;
+mod protocol;
+mod rate_limit;
+mod websocket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, header};
+use axum::routing::{get, post};
+use presence_events::Subjects;
+use presence_log::EventLog;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
+
+pub(crate) use metrics_hub::{CustomerHistory, MetricsHub};
+pub use rate_limit::RateLimitConfig;
+use rate_limit::RateLimits;
+
+/// What the active-users handlers share.
+struct ActiveUsersContext {
+    publisher: EventPublisher,
+    beats: BeatBatcher,
+    /// How often the beat batch is appended.
+    beat_flush: Duration,
+    hub: Arc<MetricsHub>,
+    limits: RateLimits,
+    /// Time a WebSocket has to authenticate.
+    auth_timeout: Duration,
+    /// Closes the WebSockets (with 1001) when the edge shuts down.
+    shutdown: CancellationToken,
+}
+
+/// Active users, started: their routes, and the hub the operators' dashboard reads.
+pub(crate) struct ActiveUsers {
+    pub(crate) hub: Arc<MetricsHub>,
+    cx: Arc<ActiveUsersContext>,
+}
+
+impl ActiveUsers {
+    /// Starts following the metrics stream of `log`, and forgetting idle clients, on `tasks`.
+    pub(crate) fn start(
+        limits: &RateLimitConfig,
+        auth_timeout: Duration,
+        ingress: &Ingress,
+        log: Arc<dyn EventLog>,
+        subjects: Subjects,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let hub = Arc::new(MetricsHub::default());
+        tasks.spawn(hub.clone().follow(log, subjects, shutdown.clone()));
+        let cx = Arc::new(ActiveUsersContext {
+            publisher: ingress.publisher.clone(),
+            beats: ingress.beats.clone(),
+            beat_flush: ingress.beat_flush,
+            hub: hub.clone(),
+            limits: RateLimits::new(limits),
+            auth_timeout,
+            shutdown: shutdown.clone(),
+        });
+        tasks.spawn(forget_idle_clients(cx.clone(), shutdown));
+        Self { hub, cx }
+    }
+
+    /// `GET /ws/active-users`, `POST /presence/{join,beat,leave}`, `GET /metrics`.
+    ///
+    /// The widget runs on customers' own sites, so the HTTP endpoints answer cross-origin
+    /// requests from any origin (no credentials are involved); the rate-limit headers are
+    /// readable by the page.
+    pub(crate) fn routes(&self) -> Router {
+        let cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE])
+            .expose_headers([
+                HeaderName::from_static("x-ratelimit-limit"),
+                HeaderName::from_static("x-ratelimit-remaining"),
+                HeaderName::from_static("x-ratelimit-reset"),
+                header::RETRY_AFTER,
+            ])
+            .max_age(Duration::from_secs(3_600));
+        let fallback = Router::new()
+            .route("/presence/{action}", post(http::tab_event))
+            .route("/metrics", get(http::metrics))
+            .layer(cors);
+        Router::new()
+            .route("/ws/active-users", get(websocket::upgrade))
+            .merge(fallback)
+            .layer(DefaultBodyLimit::max(64 * 1024))
+            .with_state(self.cx.clone())
+    }
+}
+
+/// Keeps per-client and per-customer memory bounded: rate-limit keys idle for a full window
+/// and customers nobody listens to (for ten minutes) are dropped.
+async fn forget_idle_clients(cx: Arc<ActiveUsersContext>, shutdown: CancellationToken) {
+    let mut timer = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {
+                cx.limits.forget_idle();
+                cx.hub.forget_idle(presence_events::Millis::now(), 600_000);
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! An edge's settings (env vars, with flags as overrides) and what can keep it from starting.
+
+use std::path::PathBuf;
+
+use presence_auth::{KeyError, Verifier};
+use presence_config::{Environment, Secret};
+
+use crate::active_users::RateLimitConfig;
+use crate::presence::VisibilityPolicy;
+
+/// JWT signature algorithms accepted (one is pinned per deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC with `JWT_SECRET`.
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA with the public key in `JWT_PUBLIC_KEY_FILE`.
+    #[value(name = "RS256")]
+    Rs256,
+}
+
+/// Settings of an edge.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeConfig {
+    /// Public listener: Socket.io, WebSocket and HTTP.
+    #[arg(long, env = "PRESENCE_HTTP_ADDR", default_value = "127.0.0.1:3000")]
+    pub http_addr: String,
+    /// Shared secret of HS256 tokens.
+    #[arg(long, env = "JWT_SECRET", default_value = "", hide_env_values = true)]
+    pub jwt_secret: Secret,
+    /// Token signature algorithm.
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value = "HS256")]
+    pub jwt_algorithm: JwtAlgorithm,
+    /// PEM file with the RSA public key of RS256 tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Accept `auth: { userId, gender }` without a token (only with PRESENCE_ENV=development).
+    #[arg(long, env = "SOCKET_ALLOW_INSECURE_USERID", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_insecure_userid: bool,
+    /// How often the edge appends the heartbeats it received, as one batched message (ms).
+    #[arg(long, env = "PRESENCE_BEAT_FLUSH_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub beat_flush_ms: u64,
+    /// Visibility rules: `viewer=seen,seen;viewer=*`.
+    #[arg(long, env = "PRESENCE_VISIBILITY_RULES", default_value = crate::presence::visibility::DEFAULT_RULES, value_parser = VisibilityPolicy::parse)]
+    pub visibility_rules: VisibilityPolicy,
+    /// Time an active-users WebSocket has to send `auth` before it is closed (ms).
+    #[arg(long, env = "PRESENCE_WS_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ws_auth_timeout_ms: u64,
+    /// Packets queued per Socket.io connection before updates to it are dropped (a burst of
+    /// changes, such as a mass disconnect, queues one packet per change on every viewer).
+    /// Slots are allocated as they fill: an idle connection costs the same at any size.
+    #[arg(long, env = "PRESENCE_SOCKET_BUFFER", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub socket_buffer: u64,
+    /// Rate limits of the active-users endpoints.
+    #[command(flatten)]
+    pub rate_limits: RateLimitConfig,
+}
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The token key is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// RS256 without a key file.
+    #[error("JWT_ALGORITHM=RS256 needs JWT_PUBLIC_KEY_FILE")]
+    NoPublicKey,
+    /// The key file could not be read.
+    #[error("cannot read JWT public key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The public listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl EdgeConfig {
+    /// The token verifier of this configuration; `None` only where tokens are not needed
+    /// (HS256 without a secret, in development with insecure user ids allowed).
+    pub(crate) fn verifier(&self, environment: Environment) -> Result<Option<Verifier>, EdgeError> {
+        match self.jwt_algorithm {
+            JwtAlgorithm::Hs256 if !self.jwt_secret.is_set() && self.insecure(environment) => {
+                Ok(None)
+            }
+            JwtAlgorithm::Hs256 => Ok(Some(Verifier::hs256(self.jwt_secret.expose().as_bytes())?)),
+            JwtAlgorithm::Rs256 => {
+                let path = self
+                    .jwt_public_key_file
+                    .clone()
+                    .ok_or(EdgeError::NoPublicKey)?;
+                let pem =
+                    std::fs::read(&path).map_err(|source| EdgeError::KeyFile { path, source })?;
+                Ok(Some(Verifier::rs256_pem(&pem)?))
+            }
+        }
+    }
+
+    /// Whether `auth: { userId }` handshakes are accepted: in development, when allowed.
+    pub(crate) fn insecure(&self, environment: Environment) -> bool {
+        environment == Environment::Development && self.allow_insecure_userid
+    }
+}

@@ -1,0 +1,120 @@
+//! The live dashboard: `GET /dashboard`, one self-contained page, and the Server-Sent Events
+//! stream it reads, `GET /api/dashboard/stream`: first a `snapshot` (every customer's recent
+//! count and EMA, the online users with their statuses), then every `metrics` tick and
+//! every `presence` change as they reach this edge. Nothing is encoded for the dashboard
+//! while nobody watches.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::OpsContext;
+use crate::active_users::CustomerHistory;
+use crate::http_error::ApiError;
+use crate::wire::TenantPresence;
+
+/// Online users sent in a snapshot; the page says when there are more.
+const SNAPSHOT_USERS: usize = 1_000;
+
+static PAGE: &str = include_str!("dashboard.html");
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Snapshot {
+    node: String,
+    customers: Vec<CustomerHistory>,
+    online_count: usize,
+    /// The first [`SNAPSHOT_USERS`] online users, by tenant and user id.
+    users: Vec<TenantPresence>,
+}
+
+/// `GET /dashboard`.
+pub(super) async fn page() -> Response {
+    (
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            ),
+        )],
+        Html(PAGE),
+    )
+        .into_response()
+}
+
+/// `GET /api/dashboard/stream`: operators only outside development (`Authorization: Bearer`
+/// with a service-role token), like the debug endpoints.
+pub(super) async fn stream(
+    State(cx): State<Arc<OpsContext>>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    cx.auth.operator(&headers)?;
+    metrics::counter!("presence_dashboard_streams_total").increment(1);
+    // Subscribed before the snapshot is taken, so nothing falls between the two; what is in
+    // both is applied twice, to the same effect.
+    let changes = updates(cx.presence.watch_changes(), |change| {
+        event("presence", &TenantPresence::from_change(&change))
+    });
+    let ticks = updates(cx.hub.watch_ticks(), |data| event("metrics", &data));
+    let snapshot = snapshot(&cx);
+    let first = futures::stream::once(async move { Ok(snapshot) });
+    let stream = first
+        .chain(futures::stream::select(changes, ticks))
+        .take_until(cx.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The events of one watched feed, until it closes. A watcher that falls behind is told so
+/// and the page starts over from a snapshot.
+fn updates<T: Clone + Send + 'static>(
+    rx: broadcast::Receiver<T>,
+    to_event: fn(T) -> Option<Event>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(value) => match to_event(value) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Event::default().event("lagged").data(missed.to_string())
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((Ok(event), rx));
+        }
+    })
+}
+
+/// A named event with a JSON body; a body that cannot be encoded is counted, logged and
+/// skipped.
+fn event<T: Serialize>(kind: &'static str, value: &T) -> Option<Event> {
+    match Event::default().event(kind).json_data(value) {
+        Ok(event) => Some(event),
+        Err(e) => {
+            metrics::counter!("presence_encode_failures_total", "what" => "dashboard").increment(1);
+            tracing::error!(error = %e, kind, "cannot encode a dashboard event");
+            None
+        }
+    }
+}
+
+fn snapshot(cx: &OpsContext) -> Event {
+    let (online_count, users) = cx.presence.view.online_page(SNAPSHOT_USERS);
+    let snapshot = Snapshot {
+        node: cx.node.to_string(),
+        customers: cx.hub.histories(),
+        online_count,
+        users,
+    };
+    event("snapshot", &snapshot)
+        .unwrap_or_else(|| Event::default().event("error").data("snapshot unavailable"))
+}

@@ -1,0 +1,74 @@
+//! What operators read from an edge: `/api/health` ([`health`], with the cluster figures the
+//! aggregator publishes, [`cluster`]), the debug views and the consistency check ([`debug`]),
+//! and the live [`dashboard`]. Everything but the health and the dashboard page is open in
+//! development only, service role otherwise.
+
+mod cluster;
+mod dashboard;
+mod debug;
+mod health;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use presence_events::{NodeId, Subjects};
+use presence_log::EventLog;
+use presence_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::active_users::MetricsHub;
+use crate::http_auth::HttpAuth;
+use crate::presence::Presence;
+use cluster::ClusterFigures;
+
+/// What the operators' handlers read.
+struct OpsContext {
+    node: NodeId,
+    auth: Arc<HttpAuth>,
+    presence: Arc<Presence>,
+    hub: Arc<MetricsHub>,
+    cluster: Arc<ClusterFigures>,
+    store: Option<Store>,
+    /// Ends the dashboard streams when the edge shuts down.
+    shutdown: CancellationToken,
+}
+
+/// What the operators' endpoints are built from.
+pub(crate) struct OpsSources {
+    pub(crate) node: NodeId,
+    pub(crate) auth: Arc<HttpAuth>,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) hub: Arc<MetricsHub>,
+    pub(crate) store: Option<Store>,
+}
+
+/// Starts following the cluster figures of `log` on `tasks`; returns the operators' routes.
+pub(crate) fn start(
+    sources: OpsSources,
+    log: Arc<dyn EventLog>,
+    subjects: Subjects,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Router {
+    let cluster = Arc::new(ClusterFigures::default());
+    tasks.spawn(cluster.clone().follow(log, subjects, shutdown.clone()));
+    let cx = OpsContext {
+        node: sources.node,
+        auth: sources.auth,
+        presence: sources.presence,
+        hub: sources.hub,
+        cluster,
+        store: sources.store,
+        shutdown,
+    };
+    Router::new()
+        .route("/api/health", get(health::health))
+        .route("/api/check-online-status", get(debug::check_online_status))
+        .route("/api/debug/presence", get(debug::debug_presence))
+        .route("/api/debug/socket-status", get(debug::debug_socket_status))
+        .route("/dashboard", get(dashboard::page))
+        .route("/api/dashboard/stream", get(dashboard::stream))
+        .with_state(Arc::new(cx))
+}

@@ -1,0 +1,141 @@
+//! The Socket.io handshake: `auth: { token }` (a JWT) or, only in development with
+//! `SOCKET_ALLOW_INSECURE_USERID=true`, `auth: { userId, gender }`. Each refusal is a
+//! `connect_error` saying why, counted by reason.
+//!
+//! Admission happens entirely in the connect middleware, before the client is told it is
+//! connected: socketioxide sends the CONNECT packet before it runs the connect handler, so a
+//! client may emit before that handler would have registered anything. Here its events, its
+//! rooms and its `join` (durable in the log) are all in place first; if the join cannot be
+//! appended the client gets a `connect_error` saying so and can retry.
+
+use std::sync::Arc;
+
+use presence_auth::{AuthError, Identity, Verifier};
+use presence_events::EventBody;
+use serde::Deserialize;
+use socketioxide::SocketIo;
+use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use super::SocketContext;
+use super::connection::Connection;
+
+/// How handshakes are authenticated.
+pub(crate) struct Authenticator {
+    pub(crate) verifier: Option<Verifier>,
+    /// `auth: { userId, gender }` accepted (development only).
+    pub(crate) insecure: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct HandshakeAuth {
+    token: Option<String>,
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+    gender: Option<String>,
+    tenant: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HandshakeError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("auth must be an object like {{ token: \"<JWT>\" }}")]
+    BadPayload,
+    #[error("token authentication is not configured on this server")]
+    NoVerifier,
+    #[error(
+        "auth {{ userId }} is only accepted in development with SOCKET_ALLOW_INSECURE_USERID=true: send auth {{ token: \"<JWT>\" }}"
+    )]
+    InsecureDisabled,
+    #[error("presence is unavailable right now; retry shortly")]
+    Unavailable,
+}
+
+impl HandshakeError {
+    fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Auth(AuthError::Missing) => "missing",
+            HandshakeError::Auth(AuthError::Expired) => "expired",
+            HandshakeError::Auth(_) => "invalid",
+            HandshakeError::BadPayload => "bad_payload",
+            HandshakeError::NoVerifier => "no_verifier",
+            HandshakeError::InsecureDisabled => "insecure_disabled",
+            HandshakeError::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl Authenticator {
+    fn authenticate(&self, auth: Option<HandshakeAuth>) -> Result<Identity, HandshakeError> {
+        let auth = auth.ok_or(HandshakeError::BadPayload)?;
+        match (auth.token, auth.user_id) {
+            (Some(token), _) => Ok(self
+                .verifier
+                .as_ref()
+                .ok_or(HandshakeError::NoVerifier)?
+                .verify(&token)?),
+            (None, Some(user)) if self.insecure => Ok(Identity::from_claims(
+                &user,
+                auth.gender.as_deref(),
+                auth.tenant.as_deref(),
+            )?),
+            (None, Some(_)) => Err(HandshakeError::InsecureDisabled),
+            (None, None) => Err(AuthError::Missing.into()),
+        }
+    }
+}
+
+/// Installs the default namespace: admission in the connect middleware (above), then the
+/// connection is counted in the edge's registry once socketioxide has opened it.
+pub(super) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
+    let local = cx.local.clone();
+    let admit = move |s: SocketRef, TryData(auth): TryData<HandshakeAuth>| {
+        let cx = cx.clone();
+        async move {
+            let result = admit(cx, &s, auth.ok()).await;
+            if let Err(e) = &result {
+                metrics::counter!("presence_handshakes_rejected_total", "reason" => e.reason())
+                    .increment(1);
+            }
+            result
+        }
+    };
+    let opened = move |s: SocketRef| async move {
+        if let Some(connection) = s.extensions.get::<Connection>()
+            && connection.open()
+        {
+            local.opened(connection.key(), &connection.rooms);
+        }
+    };
+    io.ns("/", opened.with(admit));
+}
+
+async fn admit(
+    cx: Arc<SocketContext>,
+    s: &SocketRef,
+    auth: Option<HandshakeAuth>,
+) -> Result<(), HandshakeError> {
+    let identity = cx.auth.authenticate(auth)?;
+    let rooms = cx.audience_rooms(&identity);
+    let connection = Connection::new(identity, rooms);
+    let id = &connection.identity;
+    let join = EventBody::Join {
+        tenant: id.tenant.clone(),
+        user: id.user.clone(),
+        conn: connection.conn,
+        class: id.class.clone(),
+    };
+    if let Err(e) = cx.publisher.publish(join).await {
+        tracing::warn!(error = %e, "could not append a join; refusing the connection");
+        return Err(HandshakeError::Unavailable);
+    }
+    if let Some(directory) = &cx.directory {
+        directory.saw(id);
+    }
+    s.join(connection.rooms.to_vec());
+    super::handlers::install(&cx, s, &connection);
+    s.extensions.insert(connection);
+    metrics::counter!("presence_connections_opened_total", "transport" => "socketio").increment(1);
+    Ok(())
+}

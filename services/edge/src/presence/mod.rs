@@ -1,0 +1,176 @@
+//! Socket.io presence on the default namespace: who is online, pushed to who may see it.
+//!
+//! A socket is admitted by its [`handshake`] (its `join` durable in the log before the client
+//! hears it is connected), then sends heartbeats, statuses and queries ([`handlers`]); the
+//! edge's [`registry`] counts the sockets connected here. Every socket joins the audience
+//! room of each class of users it may see ([`visibility`]). The [`fanout`] reads the changes
+//! stream, keeps the edge's [`view`] of everyone's presence current and emits each change to
+//! its one audience room. With a database, connected users are recorded in the user
+//! [`directory`].
+
+mod connection;
+mod directory;
+mod fanout;
+mod handlers;
+mod handshake;
+mod registry;
+mod request_head;
+mod view;
+pub(crate) mod visibility;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use presence_auth::Identity;
+use presence_events::{PresenceChange, Subjects, TenantId, ViewerClass};
+use presence_log::EventLog;
+use presence_store::Store;
+use presence_telemetry::Readiness;
+use socketioxide::SocketIo;
+use socketioxide::layer::SocketIoLayer;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
+use directory::Directory;
+
+pub(crate) use handshake::Authenticator;
+pub(crate) use registry::LocalConnections;
+pub(crate) use request_head::detach_request_head;
+pub(crate) use view::PresenceView;
+pub use visibility::VisibilityPolicy;
+
+/// How Socket.io presence is set up on this edge.
+pub(crate) struct PresenceSettings {
+    pub(crate) authenticator: Authenticator,
+    pub(crate) policy: VisibilityPolicy,
+    /// Packets queued per connection before updates to it are dropped.
+    pub(crate) socket_buffer: usize,
+    /// Where connected users are recorded, if anywhere.
+    pub(crate) store: Option<Store>,
+}
+
+/// Socket.io presence, started: what the HTTP API and the operators' endpoints read.
+pub(crate) struct Presence {
+    pub(crate) view: Arc<PresenceView>,
+    pub(crate) local: Arc<LocalConnections>,
+    pub(crate) policy: VisibilityPolicy,
+    /// Every change the view takes in, for whoever watches (the dashboard).
+    changes: broadcast::Sender<PresenceChange>,
+    io: SocketIo,
+    /// Set when the edge drains: closing sockets then appends no leaves.
+    draining: Arc<AtomicBool>,
+}
+
+/// What the socket handlers share.
+struct SocketContext {
+    auth: Authenticator,
+    directory: Option<Directory>,
+    publisher: EventPublisher,
+    beats: BeatBatcher,
+    view: Arc<PresenceView>,
+    policy: VisibilityPolicy,
+    local: Arc<LocalConnections>,
+    draining: Arc<AtomicBool>,
+    /// Audience rooms per (tenant, viewer class), computed once.
+    rooms: Mutex<AudienceRooms>,
+}
+
+/// The audience rooms of each (tenant, viewer class).
+type AudienceRooms = HashMap<(TenantId, ViewerClass), Arc<[String]>>;
+
+impl SocketContext {
+    /// The audience rooms of a viewer, shared by every socket of its tenant and class.
+    fn audience_rooms(&self, id: &Identity) -> Arc<[String]> {
+        let mut cache = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((id.tenant.clone(), id.class.clone()))
+            .or_insert_with(|| self.policy.rooms_of_viewer(&id.tenant, &id.class).into())
+            .clone()
+    }
+}
+
+/// Dashboard watchers that fall this far behind start over from a snapshot.
+const WATCH_BUFFER: usize = 1_024;
+
+impl Presence {
+    /// Installs the Socket.io namespace and starts the fan-out from `log` on `tasks`. The
+    /// returned layer serves Socket.io on the edge's public router; `readiness` turns true
+    /// once the fan-out follows the changes stream.
+    pub(crate) fn start(
+        settings: PresenceSettings,
+        ingress: &Ingress,
+        log: Arc<dyn EventLog>,
+        subjects: Subjects,
+        readiness: Readiness,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> (Self, SocketIoLayer) {
+        let (layer, io) = SocketIo::builder()
+            .max_payload(64 * 1024)
+            .max_buffer_size(settings.socket_buffer)
+            // Client frames are heartbeats, statuses and queries: a few hundred bytes. A
+            // larger frame grows the buffer as it is read; 4 KiB (the default) idles per socket.
+            .ws_read_buffer_size(1024)
+            .build_layer();
+        let view = Arc::new(PresenceView::default());
+        let local = Arc::new(LocalConnections::default());
+        let draining = Arc::new(AtomicBool::new(false));
+        let directory = settings
+            .store
+            .map(|store| Directory::start(store, tasks, shutdown.clone()));
+        handshake::register(
+            &io,
+            Arc::new(SocketContext {
+                auth: settings.authenticator,
+                directory,
+                publisher: ingress.publisher.clone(),
+                beats: ingress.beats.clone(),
+                view: view.clone(),
+                policy: settings.policy.clone(),
+                local: local.clone(),
+                draining: draining.clone(),
+                rooms: Mutex::default(),
+            }),
+        );
+        let changes = broadcast::channel(WATCH_BUFFER).0;
+        tasks.spawn(
+            fanout::FanOut {
+                log,
+                subjects,
+                view: view.clone(),
+                io: io.clone(),
+                readiness,
+                local: local.clone(),
+                watchers: changes.clone(),
+                last_full_warning: Mutex::default(),
+            }
+            .run(shutdown),
+        );
+        let presence = Self {
+            view,
+            local,
+            policy: settings.policy,
+            changes,
+            io,
+            draining,
+        };
+        (presence, layer)
+    }
+
+    /// Every change from now on, as the view takes it in.
+    pub(crate) fn watch_changes(&self) -> broadcast::Receiver<PresenceChange> {
+        self.changes.subscribe()
+    }
+
+    /// Closes every socket *without* appending their leaves. Clients reconnect through the
+    /// balancer to another edge within the heartbeat timeout and their users never go
+    /// offline; the closed connections are swept, and only users who do not come back go
+    /// offline, after timeout + sweep.
+    pub(crate) async fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.io.close().await;
+    }
+}
