@@ -1,24 +1,13 @@
 //! Command line: roles as subcommands, every setting from env vars with flags as overrides.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use presence_aggregator::{Aggregator, AggregatorConfig};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use presence_aggregator::AggregatorConfig;
 use presence_config::{DbArgs, LogArgs, NodeArgs, Secret};
-use presence_edge::{Edge, EdgeConfig};
-use presence_events::{NodeId, Subjects};
-use presence_log::{EventLog, JetStreamLog, MemoryLog};
-use presence_persister::{Persister, PersisterConfig};
-use presence_store::Store;
-use presence_telemetry::Readiness;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use presence_edge::EdgeConfig;
+use presence_persister::PersisterConfig;
 
-use crate::streams::ensure_streams;
+use crate::roles;
 
 /// Real-time presence: who is online, pushed to who may see it.
 #[derive(Debug, Parser)]
@@ -144,10 +133,28 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_TRUSTED_PROXIES       proxies trusted for X-Forwarded-For
   RUST_LOG                       log filter                              [info]";
 
-/// What a started role reports: its listeners.
-type Listeners = Vec<(&'static str, SocketAddr)>;
-
 impl Cli {
+    /// Parses the command line (and the environment), printing the chosen role's effective
+    /// settings; exits with clap's message on a bad one.
+    pub(crate) fn parse_and_print() -> Self {
+        let matches = Self::command().get_matches();
+        let cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.print_settings(&matches);
+        cli
+    }
+
+    fn print_settings(&self, matches: &ArgMatches) {
+        let role = match &self.role {
+            Role::Standalone { .. } => "standalone",
+            Role::Edge { .. } => "edge",
+            Role::Aggregator { .. } => "aggregator",
+            Role::Persister { .. } => "persister",
+            Role::Replay { .. } | Role::Token { .. } => return,
+        };
+        let settings = crate::settings::effective(&Self::command(), matches);
+        eprint!("{}", crate::settings::render(role, &settings));
+    }
+
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self.role {
             Role::Standalone {
@@ -157,119 +164,25 @@ impl Cli {
                 aggregator,
                 db,
                 persister,
-            } => {
-                tracing::info!(?node, ?edge, ?aggregator, ?db, ?persister, namespace = %log.namespace, "effective configuration");
-                let store = match &db.database_url {
-                    Some(url) => Some(connect_db(url).await?),
-                    None => None,
-                };
-                // The in-memory log starts empty; with a database kept from an earlier run its
-                // sequences continue after everything that run wrote.
-                let first = match &store {
-                    Some(store) => store
-                        .highest_sequence()
-                        .await
-                        .context("reading the highest stored sequence")?,
-                    None => 0,
-                };
-                let event_log: Arc<dyn EventLog> = Arc::new(MemoryLog::starting_after(first));
-                let namespace = log.namespace.clone();
-                serve("standalone", &node, &log, event_log, |cx| async move {
-                    Aggregator::new(
-                        aggregator,
-                        cx.log.clone(),
-                        cx.subjects.clone(),
-                        cx.node.clone(),
-                    )
-                    .start(&cx.tasks, cx.shutdown.clone());
-                    let mut role = Edge::new(
-                        edge,
-                        node.environment,
-                        cx.log.clone(),
-                        cx.subjects.clone(),
-                        cx.node,
-                    );
-                    if let Some(store) = store {
-                        // In one process, readiness is the edge's.
-                        Persister::new(persister, cx.log, cx.subjects, store.clone(), namespace)
-                            .start(&cx.tasks, cx.shutdown.clone(), Readiness::default());
-                        role = role.with_store(store);
-                    }
-                    let http = role.start(&cx.tasks, cx.shutdown, cx.readiness).await?;
-                    Ok(vec![("public", http)])
-                })
-                .await
-            }
+            } => roles::standalone(node, log, edge, aggregator, db, persister).await,
             Role::Edge {
                 node,
                 log,
                 edge,
                 db,
-            } => {
-                tracing::info!(?node, ?log, ?edge, ?db, "effective configuration");
-                let store = match &db.database_url {
-                    Some(url) => Some(connect_db(url).await?),
-                    None => None,
-                };
-                let event_log = connect(&log, "edge").await?;
-                serve("edge", &node, &log, event_log, |cx| async move {
-                    let mut role = Edge::new(edge, node.environment, cx.log, cx.subjects, cx.node);
-                    if let Some(store) = store {
-                        role = role.with_store(store);
-                    }
-                    let http = role.start(&cx.tasks, cx.shutdown, cx.readiness).await?;
-                    Ok(vec![("public", http)])
-                })
-                .await
-            }
+            } => roles::edge(node, log, edge, db).await,
             Role::Aggregator {
                 node,
                 log,
                 aggregator,
                 db,
-            } => {
-                tracing::info!(?node, ?log, ?aggregator, ?db, "effective configuration");
-                let store = match &db.database_url {
-                    Some(url) => Some(connect_db(url).await?),
-                    None => None,
-                };
-                let event_log = connect(&log, "aggregator").await?;
-                let namespace = log.namespace.clone();
-                serve("aggregator", &node, &log, event_log, |cx| async move {
-                    let mut role = Aggregator::new(aggregator, cx.log, cx.subjects, cx.node);
-                    if let Some(store) = store {
-                        role = role.with_snapshots(store, namespace);
-                    }
-                    role.start(&cx.tasks, cx.shutdown);
-                    cx.readiness.set(true);
-                    Ok(vec![])
-                })
-                .await
-            }
+            } => roles::aggregator(node, log, aggregator, db).await,
             Role::Persister {
                 node,
                 log,
                 db,
                 persister,
-            } => {
-                tracing::info!(?node, ?log, ?db, ?persister, "effective configuration");
-                let url = db
-                    .database_url
-                    .as_ref()
-                    .context("the persister needs DATABASE_URL")?;
-                let store = connect_db(url).await?;
-                let event_log = connect(&log, "persister").await?;
-                let namespace = log.namespace.clone();
-                serve("persister", &node, &log, event_log, |cx| async move {
-                    Persister::new(persister, cx.log, cx.subjects, store, namespace).start(
-                        &cx.tasks,
-                        cx.shutdown,
-                        cx.readiness,
-                    );
-                    Ok(vec![])
-                })
-                .await
-            }
+            } => roles::persister(node, log, db, persister).await,
             Role::Replay {
                 log,
                 fold,
@@ -285,7 +198,7 @@ impl Cli {
             } => {
                 let claims = presence_auth::Claims {
                     sub,
-                    exp: jsonwebtoken_now() + ttl_secs,
+                    exp: presence_events::Millis::now().0 / 1000 + ttl_secs,
                     gender,
                     tenant,
                     ..Default::default()
@@ -297,93 +210,4 @@ impl Cli {
             }
         }
     }
-}
-
-fn jsonwebtoken_now() -> u64 {
-    presence_events::Millis::now().0 / 1000
-}
-
-async fn connect(log: &LogArgs, role: &str) -> anyhow::Result<Arc<dyn EventLog>> {
-    let event_log = JetStreamLog::connect(&log.nats_url, &format!("presence-{role}"))
-        .await
-        .with_context(|| format!("connecting the {role} to NATS (set NATS_URL)"))?;
-    Ok(Arc::new(event_log))
-}
-
-async fn connect_db(url: &Secret) -> anyhow::Result<Store> {
-    Store::connect(url.expose())
-        .await
-        .context("connecting to PostgreSQL (DATABASE_URL) and applying migrations")
-}
-
-/// What a role needs to start.
-struct RoleContext {
-    log: Arc<dyn EventLog>,
-    subjects: Subjects,
-    node: NodeId,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-    readiness: Readiness,
-}
-
-/// Runs one role: streams, admin listener, the role itself, then waits for SIGTERM / Ctrl-C
-/// and shuts everything down in order.
-async fn serve<F, Fut>(
-    role: &str,
-    node: &NodeArgs,
-    log_args: &LogArgs,
-    log: Arc<dyn EventLog>,
-    start: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(RoleContext) -> Fut,
-    Fut: Future<Output = anyhow::Result<Listeners>>,
-{
-    let subjects = Subjects::new(&log_args.namespace);
-    ensure_streams(log.as_ref(), &subjects, log_args)
-        .await
-        .context("creating the event streams")?;
-    let node_id = match &node.node_id {
-        Some(id) => NodeId::parse(id.clone()).context("PRESENCE_NODE_ID")?,
-        None => NodeId::parse(format!("{role}-{}", std::process::id())).context("node id")?,
-    };
-    let metrics = presence_telemetry::install_metrics()?;
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let readiness = Readiness::default();
-    let admin = presence_telemetry::serve_admin(
-        &node.admin_addr,
-        metrics,
-        readiness.clone(),
-        &tasks,
-        shutdown.clone(),
-    )
-    .await?;
-    let listeners = start(RoleContext {
-        log,
-        subjects,
-        node: node_id.clone(),
-        tasks: tasks.clone(),
-        shutdown: shutdown.clone(),
-        readiness,
-    })
-    .await?;
-    let mut banner = format!("presence {role} ready: node={node_id}");
-    for (name, addr) in listeners {
-        banner.push_str(&format!(" {name}={addr}"));
-    }
-    banner.push_str(&format!(" admin={admin}"));
-    println!("{banner}");
-
-    presence_telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(20), tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 20 s");
-    }
-    Ok(())
 }
