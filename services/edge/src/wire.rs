@@ -1,5 +1,6 @@
 //! What clients receive, in one place: the presence of a user (`presence-update`, the entries
-//! of `presence:query` and of the HTTP API's answers), a customer's active-users metrics
+//! of `presence:query` and of the HTTP API's answers), Socket.io acknowledgements, a
+//! customer's active-users metrics
 //! (`GET /metrics`, `metrics:update`), the frames of `/ws/active-users`, and the users the
 //! dashboard lists. Their JSON shapes are the documented protocol (`docs/api.md`); changing a
 //! field here changes it for every client.
@@ -49,6 +50,43 @@ impl PresenceUpdate {
             online: false,
             last_seen: None,
             details: None,
+        }
+    }
+}
+
+/// What a Socket.io acknowledgement carries: `{ok: true}`, `{ok: true, presence: [...]}`
+/// or `{ok: false, error}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct SocketAck {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<Vec<PresenceUpdate>>,
+}
+
+impl SocketAck {
+    pub(crate) fn ok() -> Self {
+        Self {
+            ok: true,
+            error: None,
+            presence: None,
+        }
+    }
+
+    pub(crate) fn presence(presence: Vec<PresenceUpdate>) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            presence: Some(presence),
+        }
+    }
+
+    pub(crate) fn error(message: String) -> Self {
+        Self {
+            ok: false,
+            error: Some(message),
+            presence: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,89 +24,114 @@ pub struct Latest<T> {
     pub value: T,
 }
 
-/// Follows the last-per-subject stream `stream` until `shutdown`: the last message of every
-/// subject first, then every new one, each decoded with `decode` and handed to `apply` in
-/// stream order. A message that does not decode is logged, counted in
-/// `presence_feed_rejected_total{feed}` and skipped.
-///
-/// When the subscription fails or ends it resubscribes with backoff, from the last message of
-/// every subject again: `apply` sees values it already has and must keep the newer one (each
-/// value carries the sequence it was derived at). `on_subscribed` runs each time a
-/// subscription is in place, so a reader can report itself ready.
-pub async fn follow_latest<T, E, D, H, Fut>(
-    log: &dyn EventLog,
-    stream: &str,
-    feed: &'static str,
-    shutdown: &CancellationToken,
-    decode: D,
-    mut on_subscribed: impl FnMut(),
-    mut apply: H,
-) where
-    E: Display,
-    D: Fn(&[u8]) -> Result<T, E>,
-    H: FnMut(Latest<T>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        match log.subscribe(stream, StartAt::LastPerSubject, None).await {
-            Ok(mut deliveries) => {
-                backoff = Duration::from_millis(100);
-                on_subscribed();
-                loop {
-                    let next = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        next = deliveries.next() => next,
-                    };
-                    match next {
-                        Some(Ok(delivered)) => {
-                            if let Some(latest) = decoded(&decode, delivered, stream, feed) {
-                                apply(latest).await;
+/// A "latest value per subject" stream, and how to read its messages.
+pub struct LatestFeed<T, E> {
+    /// Label of the feed in `presence_feed_rejected_total`.
+    name: &'static str,
+    stream: String,
+    decode: fn(&[u8]) -> Result<T, E>,
+}
+
+impl<T, E: Display> LatestFeed<T, E> {
+    /// The feed `name` of `stream`, whose messages `decode` reads.
+    pub fn new(name: &'static str, stream: String, decode: fn(&[u8]) -> Result<T, E>) -> Self {
+        Self {
+            name,
+            stream,
+            decode,
+        }
+    }
+
+    /// Follows the stream until `shutdown`: the last message of every subject first, then
+    /// every new one, each decoded and handed to `apply` in stream order. A message that does
+    /// not decode is logged, counted in `presence_feed_rejected_total{feed}` and skipped.
+    ///
+    /// When the subscription fails or ends it resubscribes with backoff, from the last
+    /// message of every subject again: `apply` sees values it already has and must keep the
+    /// newer one (each value carries the sequence it was derived at). `on_subscribed` runs
+    /// each time a subscription is in place, so a reader can report itself ready.
+    pub async fn follow<H, Fut>(
+        &self,
+        log: &dyn EventLog,
+        shutdown: &CancellationToken,
+        mut on_subscribed: impl FnMut(),
+        mut apply: H,
+    ) where
+        H: FnMut(Latest<T>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let stream = self.stream.as_str();
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match log.subscribe(stream, StartAt::LastPerSubject, None).await {
+                Ok(mut deliveries) => {
+                    backoff = Duration::from_millis(100);
+                    on_subscribed();
+                    loop {
+                        let next = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            next = deliveries.next() => next,
+                        };
+                        match next {
+                            Some(Ok(delivered)) => {
+                                if let Some(latest) = self.decoded(delivered) {
+                                    apply(latest).await;
+                                }
                             }
-                        }
-                        Some(Err(e)) => tracing::warn!(error = %e, stream, "delivery failed"),
-                        None => {
-                            tracing::warn!(stream, "subscription ended; resubscribing");
-                            break;
+                            Some(Err(e)) => tracing::warn!(error = %e, stream, "delivery failed"),
+                            None => {
+                                tracing::warn!(stream, "subscription ended; resubscribing");
+                                break;
+                            }
                         }
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, stream, retry_in = ?backoff, "cannot read the stream")
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, stream, retry_in = ?backoff, "cannot read the stream")
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
             }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-}
 
-fn decoded<T, E: Display>(
-    decode: impl Fn(&[u8]) -> Result<T, E>,
-    delivered: Delivered,
-    stream: &str,
-    feed: &'static str,
-) -> Option<Latest<T>> {
-    match decode(&delivered.payload) {
-        Ok(value) => Some(Latest {
-            seq: delivered.seq,
-            pending: delivered.pending,
-            value,
-        }),
-        Err(e) => {
-            metrics::counter!("presence_feed_rejected_total", "feed" => feed).increment(1);
-            tracing::error!(stream, seq = delivered.seq, error = %e, "skipping an undecodable message");
-            None
+    /// As [`LatestFeed::follow`], for a reader that takes each value in at once; owns what
+    /// it needs, so it can be spawned as it is.
+    pub async fn keep(
+        self,
+        log: Arc<dyn EventLog>,
+        shutdown: CancellationToken,
+        mut apply: impl FnMut(Latest<T>),
+    ) {
+        let apply = |latest| {
+            apply(latest);
+            std::future::ready(())
+        };
+        self.follow(log.as_ref(), &shutdown, || {}, apply).await;
+    }
+
+    fn decoded(&self, delivered: Delivered) -> Option<Latest<T>> {
+        match (self.decode)(&delivered.payload) {
+            Ok(value) => Some(Latest {
+                seq: delivered.seq,
+                pending: delivered.pending,
+                value,
+            }),
+            Err(e) => {
+                metrics::counter!("presence_feed_rejected_total", "feed" => self.name).increment(1);
+                tracing::error!(stream = self.stream, seq = delivered.seq, error = %e, "skipping an undecodable message");
+                None
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use bytes::Bytes;
 
@@ -139,25 +165,14 @@ mod tests {
         let shutdown = CancellationToken::new();
         let follower = {
             let (seen, shutdown) = (seen.clone(), shutdown.clone());
-            let log = log.clone();
-            tokio::spawn(async move {
-                follow_latest(
-                    &log,
-                    "LATEST",
-                    "test",
-                    &shutdown,
-                    |bytes| {
-                        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-                        text.parse::<u32>().map_err(|e| e.to_string())
-                    },
-                    || {},
-                    |latest| {
-                        seen.lock().unwrap().push(latest.value);
-                        std::future::ready(())
-                    },
-                )
-                .await
-            })
+            let feed = LatestFeed::new("test", "LATEST".into(), |bytes| {
+                let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+                text.parse::<u32>().map_err(|e| e.to_string())
+            });
+            let log: Arc<dyn EventLog> = Arc::new(log.clone());
+            tokio::spawn(feed.keep(log, shutdown, move |latest| {
+                seen.lock().unwrap().push(latest.value)
+            }))
         };
         let seen_at_least = |n: usize| {
             let seen = seen.clone();

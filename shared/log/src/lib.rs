@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-pub use follow::{Latest, follow_latest};
+pub use follow::{Latest, LatestFeed};
 pub use jetstream::JetStreamLog;
 pub use memory::MemoryLog;
 

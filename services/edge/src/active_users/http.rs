@@ -15,7 +15,7 @@ use presence_events::{EventBody, Millis, TenantId, Transport};
 use serde::Serialize;
 
 use super::ActiveUsersContext;
-use super::protocol::{InputError, TabRequest, parse_tab_request};
+use super::protocol::{InputError, leave, parse_tab_request};
 use super::rate_limit::{RateInfo, Verdict, rate_headers, too_many_requests};
 use crate::wire::MetricsData;
 
@@ -157,11 +157,11 @@ async fn handle(
                 .tab_beat_durable(request.tab, Millis::now(), within)
                 .await
         }
-        Action::Join => append(cx, endpoint, join_event(request)).await,
+        Action::Join => append(cx, endpoint, request.join(Transport::Http)).await,
         Action::Leave => {
             // A beat of this tab still waiting in the batch must not land after its leave.
             cx.beats.forget_tab(request.tab.clone()).await;
-            append(cx, endpoint, leave_event(request)).await
+            append(cx, endpoint, leave(request.tab)).await
         }
     };
     if stored {
@@ -179,26 +179,6 @@ async fn handle(
             field: None,
         });
         (StatusCode::SERVICE_UNAVAILABLE, rate_headers(info), body).into_response()
-    }
-}
-
-fn join_event(request: TabRequest) -> EventBody {
-    let TabRequest { tab, platform } = request;
-    EventBody::SessionJoin {
-        tenant: tab.tenant,
-        session: tab.session,
-        tab: tab.tab,
-        transport: Transport::Http,
-        platform,
-    }
-}
-
-fn leave_event(request: TabRequest) -> EventBody {
-    let tab = request.tab;
-    EventBody::SessionLeave {
-        tenant: tab.tenant,
-        session: tab.session,
-        tab: tab.tab,
     }
 }
 

@@ -4,13 +4,11 @@
 //! answers at once. The recent values of up to [`HISTORY_CUSTOMERS`] customers are kept for
 //! the dashboard's charts.
 
-use presence_events::{Millis, Subjects, TenantId, TenantMetrics};
-use presence_log::EventLog;
+use presence_events::{Millis, TenantId, TenantMetrics};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 use crate::wire::{MetricsData, ServerMessage};
 
@@ -140,7 +138,8 @@ impl MetricsHub {
             .count();
     }
 
-    fn update(&self, metrics: &TenantMetrics) {
+    /// Takes in a tick of the metrics stream.
+    pub(super) fn update(&self, metrics: &TenantMetrics) {
         let data = MetricsData::from_metrics(metrics);
         let frame: Option<Arc<str>> = ServerMessage::MetricsUpdate { data: &data }
             .to_text()
@@ -177,28 +176,6 @@ impl MetricsHub {
             customers.with_history += 1;
         }
         metrics::counter!("presence_metrics_updates_delivered_total").increment(receivers as u64);
-    }
-
-    /// Follows the metrics stream until `shutdown`.
-    pub(crate) async fn follow(
-        self: Arc<Self>,
-        log: Arc<dyn EventLog>,
-        subjects: Subjects,
-        shutdown: CancellationToken,
-    ) {
-        presence_log::follow_latest(
-            log.as_ref(),
-            &subjects.metrics_stream(),
-            "metrics",
-            &shutdown,
-            TenantMetrics::decode,
-            || {},
-            |latest| {
-                self.update(&latest.value);
-                std::future::ready(())
-            },
-        )
-        .await;
     }
 }
 

@@ -17,8 +17,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, header};
 use axum::routing::{get, post};
-use presence_events::Subjects;
-use presence_log::EventLog;
+use presence_events::{Subjects, TenantMetrics};
+use presence_log::{EventLog, LatestFeed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{Any, CorsLayer};
@@ -61,7 +61,9 @@ impl ActiveUsers {
         shutdown: CancellationToken,
     ) -> Self {
         let hub = Arc::new(MetricsHub::default());
-        tasks.spawn(hub.clone().follow(log, subjects, shutdown.clone()));
+        let ticks = LatestFeed::new("metrics", subjects.metrics_stream(), TenantMetrics::decode);
+        let taker = hub.clone();
+        tasks.spawn(ticks.keep(log, shutdown.clone(), move |t| taker.update(&t.value)));
         let cx = Arc::new(ActiveUsersContext {
             publisher: ingress.publisher.clone(),
             beats: ingress.beats.clone(),

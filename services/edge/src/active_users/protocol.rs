@@ -3,7 +3,7 @@
 //! refusal names the field and says what was expected. What the server sends is in
 //! [`crate::wire`].
 
-use presence_events::{SessionId, TabId, TabKey, TenantId};
+use presence_events::{EventBody, SessionId, TabId, TabKey, TenantId, Transport};
 use serde_json::{Map, Value};
 
 /// Largest accepted WebSocket frame or HTTP body, in bytes.
@@ -14,6 +14,29 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
 pub(crate) struct TabRequest {
     pub(crate) tab: TabKey,
     pub(crate) platform: Option<String>,
+}
+
+impl TabRequest {
+    /// The `session_join` of this tab, over `transport`.
+    pub(crate) fn join(self, transport: Transport) -> EventBody {
+        let TabRequest { tab, platform } = self;
+        EventBody::SessionJoin {
+            tenant: tab.tenant,
+            session: tab.session,
+            tab: tab.tab,
+            transport,
+            platform,
+        }
+    }
+}
+
+/// The `session_leave` of `tab`.
+pub(crate) fn leave(tab: TabKey) -> EventBody {
+    EventBody::SessionLeave {
+        tenant: tab.tenant,
+        session: tab.session,
+        tab: tab.tab,
+    }
 }
 
 /// A message from an active-users WebSocket client.

@@ -14,12 +14,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use presence_events::{EventBody, Millis, TabKey, Transport};
+use presence_events::{Millis, TabKey, Transport};
 use tokio::sync::broadcast;
 
 use super::ActiveUsersContext;
 use super::protocol::{
-    ClientMessage, InputError, MAX_MESSAGE_BYTES, TabRequest, parse_client_message,
+    ClientMessage, InputError, MAX_MESSAGE_BYTES, TabRequest, leave, parse_client_message,
 };
 use super::rate_limit::{BlockedBy, Verdict};
 use crate::wire::ServerMessage;
@@ -174,13 +174,7 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
     let updates = cx.hub.subscribe(&tab.tenant);
     let joined = cx
         .publisher
-        .publish(EventBody::SessionJoin {
-            tenant: tab.tenant.clone(),
-            session: tab.session.clone(),
-            tab: tab.tab.clone(),
-            transport: Transport::Websocket,
-            platform: request.platform,
-        })
+        .publish(request.join(Transport::Websocket))
         .await;
     if let Err(e) = joined {
         tracing::warn!(error = %e, "could not append a session join");
@@ -199,14 +193,7 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
         follow(&mut conn, &cx, &tab, updates).await;
         // A pending ping must not land after the leave.
         cx.beats.forget_tab(tab.clone()).await;
-        let left = cx
-            .publisher
-            .publish(EventBody::SessionLeave {
-                tenant: tab.tenant.clone(),
-                session: tab.session.clone(),
-                tab: tab.tab.clone(),
-            })
-            .await;
+        let left = cx.publisher.publish(leave(tab.clone())).await;
         if let Err(e) = left {
             tracing::warn!(error = %e, "could not append a session leave; the tab expires instead");
         }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use presence_events::{NodeId, Subjects};
-use presence_log::EventLog;
+use presence_events::{ClusterStats, NodeId, Subjects};
+use presence_log::{EventLog, LatestFeed};
 use presence_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +53,9 @@ pub(crate) fn start(
     shutdown: CancellationToken,
 ) -> Router {
     let cluster = Arc::new(ClusterFigures::default());
-    tasks.spawn(cluster.clone().follow(log, subjects, shutdown.clone()));
+    let stats = LatestFeed::new("stats", subjects.stats_stream(), ClusterStats::decode);
+    let taker = cluster.clone();
+    tasks.spawn(stats.keep(log, shutdown.clone(), move |s| taker.update(s.value)));
     let cx = OpsContext {
         node: sources.node,
         auth: sources.auth,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use presence_events::{PresenceChange, Subjects};
-use presence_log::EventLog;
+use presence_log::{EventLog, LatestFeed};
 use presence_telemetry::Readiness;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
 use tokio::sync::{broadcast, mpsc};
@@ -55,7 +55,11 @@ struct Sent {
 
 impl FanOut {
     pub(super) async fn run(self, shutdown: CancellationToken) {
-        let stream = self.subjects.changes_stream();
+        let changes = LatestFeed::new(
+            "changes",
+            self.subjects.changes_stream(),
+            PresenceChange::decode,
+        );
         let (tx, rx) = mpsc::channel(PENDING_CHANGES);
         let this = &self;
         let read = async {
@@ -63,27 +67,25 @@ impl FanOut {
             let tx = &sender;
             // The last change of every user first (the view's starting point), then live
             // ones; after a resubscription the view skips what it already has.
-            presence_log::follow_latest(
-                self.log.as_ref(),
-                &stream,
-                "changes",
-                &shutdown,
-                PresenceChange::decode,
-                || self.readiness.set(true),
-                |latest| async move {
-                    metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
-                        .set(latest.pending as f64);
-                    let change = latest.value;
-                    if this.view.apply(&change) {
-                        if this.watchers.receiver_count() > 0 {
-                            let _ = this.watchers.send(change.clone());
+            changes
+                .follow(
+                    self.log.as_ref(),
+                    &shutdown,
+                    || self.readiness.set(true),
+                    |latest| async move {
+                        metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
+                            .set(latest.pending as f64);
+                        let change = latest.value;
+                        if this.view.apply(&change) {
+                            if this.watchers.receiver_count() > 0 {
+                                let _ = this.watchers.send(change.clone());
+                            }
+                            // The emitter only stops once this side has.
+                            let _ = tx.send(change).await;
                         }
-                        // The emitter only stops once this side has.
-                        let _ = tx.send(change).await;
-                    }
-                },
-            )
-            .await;
+                    },
+                )
+                .await;
             drop(sender);
         };
         tokio::join!(read, self.emit_batches(rx));

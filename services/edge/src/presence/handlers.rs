@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use presence_events::{BeatEntry, Details, EventBody, LeaveReason, Millis, SetStatus, UserId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::socket::DisconnectReason;
 
 use super::SocketContext;
 use super::connection::Connection;
-use crate::wire::PresenceUpdate;
+use crate::wire::SocketAck as Ack;
 
 /// Most users one `presence:query` may ask about.
 const MAX_QUERY_USERS: usize = 500;
@@ -30,34 +30,11 @@ struct QueryRequest {
     user_ids: Vec<String>,
 }
 
-/// What an acknowledgement carries: `{ok: true, …}` or `{ok: false, error}`.
-#[derive(Debug, Serialize)]
-struct Ack {
-    ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence: Option<Vec<PresenceUpdate>>,
-}
-
-impl Ack {
-    fn ok() -> Self {
-        Self {
-            ok: true,
-            error: None,
-            presence: None,
-        }
-    }
-
-    fn error(event: &'static str, reason: &'static str, message: String) -> Self {
-        metrics::counter!("presence_socket_rejected_total", "event" => event, "reason" => reason)
-            .increment(1);
-        Self {
-            ok: false,
-            error: Some(message),
-            presence: None,
-        }
-    }
+/// The `{ok: false, error}` answer to `event`, counted by `reason`.
+fn refuse(event: &'static str, reason: &'static str, message: String) -> Ack {
+    metrics::counter!("presence_socket_rejected_total", "event" => event, "reason" => reason)
+        .increment(1);
+    Ack::error(message)
 }
 
 /// Installs the event handlers of an admitted socket.
@@ -114,7 +91,7 @@ impl SocketContext {
     async fn set_status(&self, sn: &Connection, request: Option<StatusRequest>) -> Ack {
         const EVENT: &str = "user:status";
         let Some(request) = request else {
-            return Ack::error(
+            return refuse(
                 EVENT,
                 "bad_payload",
                 "expected {status: \"online\" | \"live\" | \"in_call\", details?: {...}}".into(),
@@ -122,13 +99,13 @@ impl SocketContext {
         };
         let status = match SetStatus::parse(&request.status) {
             Ok(status) => status,
-            Err(e) => return Ack::error(EVENT, "unknown_status", e.to_string()),
+            Err(e) => return refuse(EVENT, "unknown_status", e.to_string()),
         };
         let details = match request.details {
             None | Some(serde_json::Value::Null) => None,
             Some(value) => match Details::parse(value) {
                 Ok(details) => Some(details),
-                Err(e) => return Ack::error(EVENT, "bad_details", e.to_string()),
+                Err(e) => return refuse(EVENT, "bad_details", e.to_string()),
             },
         };
         let id = &sn.identity;
@@ -144,7 +121,7 @@ impl SocketContext {
             Ok(_) => Ack::ok(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not append a status");
-                Ack::error(
+                refuse(
                     EVENT,
                     "unavailable",
                     "status not saved: presence is unavailable right now; retry".into(),
@@ -156,14 +133,14 @@ impl SocketContext {
     fn query(&self, sn: &Connection, request: Option<QueryRequest>) -> Ack {
         const EVENT: &str = "presence:query";
         let Some(request) = request else {
-            return Ack::error(
+            return refuse(
                 EVENT,
                 "bad_payload",
                 "expected {userIds: [\"<userId>\", ...]}".into(),
             );
         };
         if request.user_ids.len() > MAX_QUERY_USERS {
-            return Ack::error(
+            return refuse(
                 EVENT,
                 "too_many",
                 format!(
@@ -176,18 +153,14 @@ impl SocketContext {
         for (i, raw) in request.user_ids.into_iter().enumerate() {
             match UserId::parse(raw) {
                 Ok(user) => users.push(user),
-                Err(e) => return Ack::error(EVENT, "bad_user_id", format!("userIds[{i}]: {e}")),
+                Err(e) => return refuse(EVENT, "bad_user_id", format!("userIds[{i}]: {e}")),
             }
         }
         let id = &sn.identity;
-        Ack {
-            ok: true,
-            error: None,
-            presence: Some(
-                self.view
-                    .presence_for(&self.policy, &id.class, &id.tenant, users),
-            ),
-        }
+        Ack::presence(
+            self.view
+                .presence_for(&self.policy, &id.class, &id.tenant, users),
+        )
     }
 
     async fn on_disconnect(&self, sn: &Connection, reason: DisconnectReason) {
