@@ -1,4 +1,4 @@
-//! The parts of `presence-bench`.
+//! `presence-bench`, the load generator: its flags, coordinator, workers, analysis and report.
 //!
 //! # Processes
 //!
@@ -38,7 +38,7 @@ mod worker;
 use clap::Parser;
 
 /// Entry point: coordinator unless started as a worker.
-pub(crate) async fn main() -> anyhow::Result<()> {
+pub async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     match cli.command {
         Some(cli::Command::Worker(args)) => worker::run(args).await,
