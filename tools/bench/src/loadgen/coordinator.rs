@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 
 use super::analysis::{self, Observed};
 use super::cli::{RunArgs, SOCKETS_PER_PROCESS};
-use super::common::{ConnRecord, KINDS, Population, now_us, token};
+use super::common::{ConnRecord, KINDS, PerKind, Population, now_us, token};
 use super::probes::{self, ProcSample};
+use super::protocol::{self, FromWorker, ToWorker, WorkerResult};
 use super::report;
 
 /// Extra wait, past timeout + sweep interval, for the last offline updates.
@@ -59,7 +60,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut workers = Workers::spawn(&args, &run_id, processes)?;
     workers
-        .gather("ready", Some(Duration::from_secs(30)))
+        .gather("ready", Some(Duration::from_secs(30)), |m| match m {
+            FromWorker::Ready => Some(()),
+            _ => None,
+        })
         .await?;
 
     let samples_start = sample_procs(&args, ticks);
@@ -70,25 +74,25 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Ramp.
     let ramp_began = Instant::now();
-    workers.send_all("start").await?;
-    let ramped: Vec<Value> = workers
-        .gather("ramped", None)
-        .await?
-        .iter()
-        .map(|s| serde_json::from_str(s).unwrap_or(Value::Null))
-        .collect();
+    workers.send_all(ToWorker::Start).await?;
+    let ramped = workers
+        .gather("ramped", None, |m| match m {
+            FromWorker::Ramped(counts) => Some(counts),
+            _ => None,
+        })
+        .await?;
     let ramp_s = ramp_began.elapsed().as_secs_f64();
-    let held_after_ramp: u64 = ramped.iter().map(|v| sum_u64(&v["open"])).sum();
+    let held_after_ramp: u64 = ramped.iter().flat_map(|c| c.open).sum();
     eprintln!(
         "ramp: {held_after_ramp} connections open after {ramp_s:.1} s ({} failed)",
-        ramped.iter().map(|v| sum_u64(&v["failed"])).sum::<u64>()
+        ramped.iter().flat_map(|c| c.failed).sum::<u64>()
     );
 
     // Hold.
     let samples_ramped = sample_procs(&args, ticks);
     let loadgen_cpu_hold_start = workers.cpu_s(ticks) + self_cpu(ticks);
     let metrics_before = scrape_all(&args).await;
-    workers.send_all("hold").await?;
+    workers.send_all(ToWorker::Hold).await?;
     let hold_began = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.hold_secs)).await;
     let metrics_after = scrape_all(&args).await;
@@ -99,22 +103,21 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Close.
     let close_began = Instant::now();
-    workers.send_all("stop").await?;
+    workers.send_all(ToWorker::Stop).await?;
     let limit = Duration::from_millis(load.connect_timeout_ms) + Duration::from_secs(60);
-    let results: Vec<Value> = workers
-        .gather("result", Some(limit))
-        .await?
-        .iter()
-        .map(|s| serde_json::from_str(s).context("a worker's result is not JSON"))
-        .collect::<anyhow::Result<_>>()?;
+    let mut results: Vec<WorkerResult> = workers
+        .gather("result", Some(limit), |m| match m {
+            FromWorker::Result(result) => Some(*result),
+            _ => None,
+        })
+        .await?;
     workers.reap().await;
     let close_s = close_began.elapsed().as_secs_f64();
 
-    let mut conns: Vec<ConnRecord> = Vec::new();
-    for result in &results {
-        let list = result["conns"].as_array().map_or(&[][..], Vec::as_slice);
-        conns.extend(list.iter().filter_map(ConnRecord::from_json));
-    }
+    let conns: Vec<ConnRecord> = results
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.conns))
+        .collect();
 
     // Drain: wait for the last offline updates.
     let drain_began = Instant::now();
@@ -140,7 +143,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     for o in observers {
         o.client.disconnect().await;
     }
-    let workers_cpu: f64 = results.iter().filter_map(|r| r["cpu_s"].as_f64()).sum();
+    let workers_cpu: f64 = results.iter().filter_map(|r| r.cpu_s).sum();
     let loadgen_cpu = workers_cpu + self_cpu(ticks);
 
     let outcome = analysis::analyse(analysis::Inputs {
@@ -154,41 +157,36 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     // Connections, per kind and in all.
-    let per_kind = |field: &str, kind: usize| -> u64 {
-        results
-            .iter()
-            .map(|r| r[field][kind].as_u64().unwrap_or(0))
-            .sum()
+    let per_kind = |field: fn(&WorkerResult) -> &PerKind<u64>, kind: usize| -> u64 {
+        results.iter().map(|r| field(r)[kind]).sum()
     };
-    let total = |field: &str| -> u64 { (0..KINDS.len()).map(|k| per_kind(field, k)).sum() };
+    let total = |field: fn(&WorkerResult) -> &PerKind<u64>| -> u64 {
+        (0..KINDS.len()).map(|k| per_kind(field, k)).sum()
+    };
     let mut by_kind = serde_json::Map::new();
     for (k, name) in KINDS.iter().enumerate() {
         by_kind.insert(
             (*name).to_owned(),
             json!({
-                "attempted": per_kind("attempted", k),
-                "ok": per_kind("ok", k),
-                "failed": per_kind("failed", k),
-                "dropped": per_kind("dropped", k),
-                "held": per_kind("held", k),
+                "attempted": per_kind(|r| &r.attempted, k),
+                "ok": per_kind(|r| &r.ok, k),
+                "failed": per_kind(|r| &r.failed, k),
+                "dropped": per_kind(|r| &r.dropped, k),
+                "held": per_kind(|r| &r.held, k),
             }),
         );
     }
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     for r in &results {
-        if let Some(map) = r["failures"].as_object() {
-            for (reason, n) in map {
-                *reasons.entry(reason.clone()).or_default() += n.as_u64().unwrap_or(0);
-            }
+        for (reason, n) in &r.failures {
+            *reasons.entry(reason.clone()).or_default() += n;
         }
     }
-    let setup = |which: usize| -> Vec<f64> {
+    let setup = |times: fn(&WorkerResult) -> &Vec<u64>| -> Vec<f64> {
         results
             .iter()
-            .filter_map(|r| r["setup_us"][which].as_array())
-            .flatten()
-            .filter_map(Value::as_u64)
-            .map(|us| us as f64 / 1000.0)
+            .flat_map(times)
+            .map(|&us| us as f64 / 1000.0)
             .collect()
     };
 
@@ -291,8 +289,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
 
-    let sum_field =
-        |field: &str| -> u64 { results.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum() };
+    let sum_field = |field: fn(&WorkerResult) -> u64| -> u64 { results.iter().map(field).sum() };
     let figures = json!({
         "run": {
             "id": run_id,
@@ -325,17 +322,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "total": round(began.elapsed().as_secs_f64(), 2),
         },
         "connections": {
-            "attempted": total("attempted"),
-            "held": total("held"),
-            "failed": total("failed"),
-            "dropped": total("dropped"),
+            "attempted": total(|r| &r.attempted),
+            "held": total(|r| &r.held),
+            "failed": total(|r| &r.failed),
+            "dropped": total(|r| &r.dropped),
             "held_after_ramp": held_after_ramp,
             "by_kind": by_kind,
             "failure_reasons": reasons,
         },
         "connect_ms": report::stats(outcome.connect_ms.clone()),
-        "active_ws_setup_ms": report::stats(setup(0)),
-        "http_join_ms": report::stats(setup(1)),
+        "active_ws_setup_ms": report::stats(setup(|r| &r.active_ws_setup_us)),
+        "http_join_ms": report::stats(setup(|r| &r.http_join_us)),
         "propagation_ms": report::stats(outcome.propagation_ms.clone()),
         "propagation_online_ms": report::stats(outcome.online_ms.clone()),
         "propagation_leave_ms": report::stats(outcome.leave_ms.clone()),
@@ -351,9 +348,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         "false_offlines": outcome.false_offlines,
         "unexpected_updates": outcome.unexpected,
         "inconsistent_updates": outcome.inconsistent,
-        "churns": sum_field("churns"),
-        "churn_skipped": sum_field("churn_skipped"),
-        "http_beat_failures": sum_field("http_beat_failures"),
+        "churns": sum_field(|r| r.churns),
+        "churn_skipped": sum_field(|r| r.churn_skipped),
+        "http_beat_failures": sum_field(|r| r.http_beat_failures),
         "processes": processes_json,
         "loadgen_cpu_seconds": round(loadgen_cpu, 2),
         "loadgen_cpu_seconds_hold": round(loadgen_cpu_hold, 2),
@@ -361,7 +358,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             "coordinator": probes::peak_rss_kb().map(|kb| round(kb as f64 / 1024.0, 1)),
             "worker_max": results
                 .iter()
-                .filter_map(|r| r["rss_peak_kb"].as_u64())
+                .filter_map(|r| r.rss_peak_kb)
                 .max()
                 .map(|kb| round(kb as f64 / 1024.0, 1)),
         },
@@ -389,11 +386,6 @@ fn by_cause(counts: &[u64; 5]) -> Value {
 pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (x * scale).round() / scale
-}
-
-fn sum_u64(v: &Value) -> u64 {
-    v.as_array()
-        .map_or(0, |a| a.iter().filter_map(Value::as_u64).sum())
 }
 
 fn self_cpu(ticks: f64) -> f64 {
@@ -472,10 +464,11 @@ impl Workers {
         Ok(workers)
     }
 
-    async fn send_all(&mut self, word: &str) -> anyhow::Result<()> {
+    async fn send_all(&mut self, command: ToWorker) -> anyhow::Result<()> {
+        let line = protocol::line(&command) + "\n";
         for (i, stdin) in self.stdins.iter_mut().enumerate() {
             stdin
-                .write_all(format!("{word}\n").as_bytes())
+                .write_all(line.as_bytes())
                 .await
                 .with_context(|| format!("worker {i} is gone"))?;
             stdin.flush().await?;
@@ -483,11 +476,16 @@ impl Workers {
         Ok(())
     }
 
-    /// One `<tag> <payload>` line from every worker (the payloads, by worker), printing the
-    /// ramp's progress meanwhile.
-    async fn gather(&mut self, tag: &str, limit: Option<Duration>) -> anyhow::Result<Vec<String>> {
+    /// One `want` message from every worker, as `take` picks it out (by worker), printing
+    /// the ramp's progress meanwhile. Any other message is an error.
+    async fn gather<T>(
+        &mut self,
+        want: &str,
+        limit: Option<Duration>,
+        take: impl Fn(FromWorker) -> Option<T>,
+    ) -> anyhow::Result<Vec<T>> {
         let n = self.children.len();
-        let mut got: Vec<Option<String>> = vec![None; n];
+        let mut got: Vec<Option<T>> = std::iter::repeat_with(|| None).take(n).collect();
         let mut progress = vec![(0u64, 0u64); n];
         let started = Instant::now();
         let mut last_print = Instant::now();
@@ -498,7 +496,7 @@ impl Workers {
                     tokio::time::timeout(left, self.lines.recv())
                         .await
                         .with_context(|| {
-                            format!("workers did not report {tag:?} within {limit:?}")
+                            format!("workers did not report {want:?} within {limit:?}")
                         })?
                 }
                 None => self.lines.recv().await,
@@ -508,16 +506,13 @@ impl Workers {
             };
             let Some(line) = line else {
                 if got[i].is_none() {
-                    bail!("worker {i} exited before reporting {tag:?}");
+                    bail!("worker {i} exited before reporting {want:?}");
                 }
                 continue;
             };
-            let (word, payload) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-            if word == tag {
-                got[i] = Some(payload.to_owned());
-            } else if word == "progress" {
-                let mut numbers = payload.split(' ').filter_map(|x| x.parse::<u64>().ok());
-                progress[i] = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+            let message: FromWorker = protocol::parse(&line, format_args!("worker {i}"))?;
+            if let FromWorker::Progress { attempted, ok } = message {
+                progress[i] = (attempted, ok);
                 if last_print.elapsed() >= Duration::from_secs(5) {
                     last_print = Instant::now();
                     let (attempted, ok) = progress
@@ -528,9 +523,15 @@ impl Workers {
                         started.elapsed().as_secs_f64()
                     );
                 }
+                continue;
+            }
+            let name = message.name();
+            match take(message) {
+                Some(payload) if got[i].is_none() => got[i] = Some(payload),
+                _ => bail!("worker {i} sent {name:?} while {want:?} was due"),
             }
         }
-        Ok(got.into_iter().map(Option::unwrap_or_default).collect())
+        Ok(got.into_iter().flatten().collect())
     }
 
     /// CPU seconds of every worker so far.

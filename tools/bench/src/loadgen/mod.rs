@@ -6,15 +6,17 @@
 //! over worker processes: the process started by the user is the *coordinator*; it starts
 //! `--processes` copies of itself as `presence-bench worker --index i …` (through `sh -c` to
 //! raise the soft open-files limit to the hard one first) and talks to them over their
-//! standard streams, one line per message:
+//! standard streams, one JSON message a line ([`protocol`]):
 //!
-//! | coordinator → worker | worker → coordinator |
+//! | coordinator → worker ([`protocol::ToWorker`]) | worker → coordinator ([`protocol::FromWorker`]) |
 //! | --- | --- |
 //! | | `ready` |
-//! | `start`: open your connections on the ramp schedule | `progress <attempted> <ok>` every second of the ramp |
-//! | | `ramped {counts}` once every connection was attempted |
+//! | `start`: open your connections on the ramp schedule | `progress {attempted, ok}` every second of the ramp |
+//! | | `ramped {counts by kind}` once every connection was attempted |
 //! | `hold`: start churning | |
-//! | `stop`: close everything and report | `result {connections, action log, …}` |
+//! | `stop`: close everything and report | `result {connection records, counts, setup times, …}` |
+//!
+//! A line that is not such a message, or a message out of turn, ends the run with an error.
 //!
 //! Worker `w` of `P` owns users `u` with `u % P == w` (and likewise the active-users and HTTP
 //! clients), so the ramp keeps its global order. Observers live in the coordinator.
@@ -32,6 +34,7 @@ mod common;
 mod coordinator;
 mod http1;
 mod probes;
+mod protocol;
 mod report;
 mod worker;
 

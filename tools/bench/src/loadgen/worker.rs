@@ -19,10 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::cli::WorkerArgs;
 use super::common::{
-    ACTIVE, ConnRecord, End, HTTP, KINDS, Population, Rng, SIO, mix, now_us, slot, token,
+    ACTIVE, ConnRecord, End, HTTP, KINDS, PerKind, Population, Rng, SIO, mix, now_us, slot, token,
 };
 use super::http1::KeepAlive;
 use super::probes;
+use super::protocol::{self, FromWorker, RampCounts, ToWorker, WorkerResult};
 
 /// WebSocket read buffer of every client connection: frames here are small, and the
 /// default (128 KiB, zero-filled) would make the load generator the memory hog.
@@ -40,29 +41,22 @@ enum Cmd {
 /// Per-kind counters (indexed by [`SIO`], [`ACTIVE`], [`HTTP`]).
 #[derive(Default)]
 struct Counters {
-    attempted: [AtomicU64; 3],
-    ok: [AtomicU64; 3],
-    failed: [AtomicU64; 3],
-    open: [AtomicI64; 3],
-    dropped: [AtomicU64; 3],
+    attempted: PerKind<AtomicU64>,
+    ok: PerKind<AtomicU64>,
+    failed: PerKind<AtomicU64>,
+    open: PerKind<AtomicI64>,
+    dropped: PerKind<AtomicU64>,
 }
 
 impl Counters {
-    fn snapshot(list: &[AtomicU64; 3]) -> Value {
-        json!(
-            list.iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect::<Vec<_>>()
-        )
+    fn snapshot(list: &PerKind<AtomicU64>) -> PerKind<u64> {
+        list.each_ref().map(|c| c.load(Ordering::Relaxed))
     }
 
-    fn open(&self) -> Value {
-        json!(
-            self.open
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed).max(0))
-                .collect::<Vec<_>>()
-        )
+    fn open(&self) -> PerKind<u64> {
+        self.open
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed).max(0) as u64)
     }
 }
 
@@ -76,8 +70,9 @@ struct Shared {
     customers: u32,
     counters: Counters,
     failures: Mutex<HashMap<String, u64>>,
-    /// Setup time of active-users sockets (to `hello`) and HTTP clients (their join), µs.
-    setup_us: [Mutex<Vec<u64>>; 2],
+    /// Setup time of active-users sockets (to `hello`) and HTTP clients (their join), µs, by
+    /// kind (a Socket.io connection's is in its record).
+    setup_us: PerKind<Mutex<Vec<u64>>>,
     http_beat_failures: AtomicU64,
     /// Ramp items not yet attempted; `ramped` is notified when it reaches zero.
     ramp_left: AtomicUsize,
@@ -207,8 +202,8 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         ramped: Notify::new(),
     });
 
-    say("ready")?;
-    expect(&mut control, "start").await?;
+    say(&FromWorker::Ready)?;
+    expect(&mut control, ToWorker::Start).await?;
     let t0 = Instant::now();
     let at = |i: u64, kind: usize| t0 + slot(i, n[kind], total, load.ramp_per_sec);
 
@@ -263,21 +258,20 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     let c = &shared.counters;
                     let attempted: u64 = c.attempted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
                     let ok: u64 = c.ok.iter().map(|a| a.load(Ordering::Relaxed)).sum();
-                    say(&format!("progress {attempted} {ok}"))?;
+                    say(&FromWorker::Progress { attempted, ok })?;
                 }
             }
         }
     }
     let c = &shared.counters;
-    let ramped = json!({
-        "attempted": Counters::snapshot(&c.attempted),
-        "ok": Counters::snapshot(&c.ok),
-        "failed": Counters::snapshot(&c.failed),
-        "open": c.open(),
-    });
-    say(&format!("ramped {ramped}"))?;
+    say(&FromWorker::Ramped(RampCounts {
+        attempted: Counters::snapshot(&c.attempted),
+        ok: Counters::snapshot(&c.ok),
+        failed: Counters::snapshot(&c.failed),
+        open: c.open(),
+    }))?;
 
-    expect(&mut control, "hold").await?;
+    expect(&mut control, ToWorker::Hold).await?;
     let churn = (load.churn_per_sec > 0.0).then(|| {
         let eligible: Vec<(mpsc::Sender<Cmd>, Arc<AtomicBool>)> = clients
             .iter()
@@ -290,7 +284,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         (stop, task)
     });
 
-    expect(&mut control, "stop").await?;
+    expect(&mut control, ToWorker::Stop).await?;
     let churned = match churn {
         Some((stop, task)) => {
             let _ = stop.send(());
@@ -312,49 +306,52 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let setup: Vec<Vec<u64>> = shared
-        .setup_us
-        .iter()
-        .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        .collect();
-    let result = json!({
-        "conns": records.into_iter().map(ConnRecord::to_json).collect::<Vec<_>>(),
-        "attempted": Counters::snapshot(&c.attempted),
-        "ok": Counters::snapshot(&c.ok),
-        "failed": Counters::snapshot(&c.failed),
-        "dropped": Counters::snapshot(&c.dropped),
-        "held": held,
-        "failures": failures,
-        "setup_us": setup,
-        "http_beat_failures": shared.http_beat_failures.load(Ordering::Relaxed),
-        "churns": churned.churns,
-        "churn_skipped": churned.skipped,
-        "cpu_s": probes::sample("self", ticks).cpu_s,
-        "rss_peak_kb": probes::peak_rss_kb(),
-    });
-    say(&format!("result {result}"))?;
+    let setup = |kind: usize| {
+        std::mem::take(
+            &mut *shared.setup_us[kind]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    };
+    say(&FromWorker::Result(Box::new(WorkerResult {
+        conns: records,
+        attempted: Counters::snapshot(&c.attempted),
+        ok: Counters::snapshot(&c.ok),
+        failed: Counters::snapshot(&c.failed),
+        dropped: Counters::snapshot(&c.dropped),
+        held,
+        failures,
+        active_ws_setup_us: setup(ACTIVE),
+        http_join_us: setup(HTTP),
+        http_beat_failures: shared.http_beat_failures.load(Ordering::Relaxed),
+        churns: churned.churns,
+        churn_skipped: churned.skipped,
+        cpu_s: probes::sample("self", ticks).cpu_s,
+        rss_peak_kb: probes::peak_rss_kb(),
+    })))?;
     Ok(())
 }
 
-/// Writes one line to the coordinator.
-fn say(line: &str) -> anyhow::Result<()> {
+/// Writes one message to the coordinator.
+fn say(message: &FromWorker) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
+    writeln!(out, "{}", protocol::line(message))?;
     out.flush()?;
     Ok(())
 }
 
-/// The coordinator's lines on stdin, read on a thread of their own (blocking reads). If the
-/// coordinator goes away before its `stop`, the worker exits at once rather than keep its
-/// connections open for nobody.
-fn control_lines() -> mpsc::UnboundedReceiver<String> {
+/// The coordinator's commands on stdin, read on a thread of their own (blocking reads). If
+/// the coordinator goes away before its `stop`, the worker exits at once rather than keep
+/// its connections open for nobody.
+fn control_lines() -> mpsc::UnboundedReceiver<anyhow::Result<ToWorker>> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         let mut stopped = false;
         for line in std::io::stdin().lines() {
             let Ok(line) = line else { break };
-            stopped |= line.trim() == "stop";
-            if tx.send(line).is_err() {
+            let command = protocol::parse(&line, "the coordinator");
+            stopped |= matches!(command, Ok(ToWorker::Stop));
+            if tx.send(command).is_err() {
                 return;
             }
         }
@@ -366,14 +363,17 @@ fn control_lines() -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// Waits for the coordinator's `word`.
-async fn expect(control: &mut mpsc::UnboundedReceiver<String>, word: &str) -> anyhow::Result<()> {
-    while let Some(line) = control.recv().await {
-        if line.trim() == word {
-            return Ok(());
-        }
+/// Waits for the coordinator's next command, which must be `want`.
+async fn expect(
+    control: &mut mpsc::UnboundedReceiver<anyhow::Result<ToWorker>>,
+    want: ToWorker,
+) -> anyhow::Result<()> {
+    match control.recv().await {
+        Some(Ok(command)) if command == want => Ok(()),
+        Some(Ok(command)) => bail!("the coordinator sent {command:?} while {want:?} was due"),
+        Some(Err(e)) => Err(e),
+        None => bail!("the coordinator went away (waiting for {want:?})"),
     }
-    bail!("the coordinator went away (waiting for {word:?})")
 }
 
 #[derive(Debug, Default)]
@@ -601,7 +601,7 @@ async fn active_user(
             return Vec::new();
         }
     };
-    record_setup(&sh, 0, began);
+    record_setup(&sh, ACTIVE, began);
     sh.opened(ACTIVE);
     let mut ping = heartbeats(sh.heartbeat);
     loop {
@@ -667,7 +667,7 @@ async fn http_user(
             return Vec::new();
         }
     }
-    record_setup(&sh, 1, began);
+    record_setup(&sh, HTTP, began);
     sh.opened(HTTP);
     let mut beat = heartbeats(sh.heartbeat);
     loop {
@@ -690,8 +690,8 @@ async fn http_user(
     Vec::new()
 }
 
-fn record_setup(sh: &Shared, which: usize, began: Instant) {
-    sh.setup_us[which]
+fn record_setup(sh: &Shared, kind: usize, began: Instant) {
+    sh.setup_us[kind]
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(began.elapsed().as_micros() as u64);
