@@ -1,7 +1,7 @@
 //! The coordinator: starts the workers, holds the observers, drives the phases, takes the
 //! readings and computes the figures.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 
 use super::analysis::{self, Observed};
 use super::cli::{RunArgs, SOCKETS_PER_PROCESS};
-use super::common::{ConnRecord, KINDS, PerKind, Population, now_us, token};
-use super::probes::{self, ProcSample};
+use super::common::{ConnRecord, Population, now_us, token};
+use super::figures::{self, Figures, LoadgenRss, Phases, RunFigures, round, stats};
+use super::probes::{self, ProcSample, Reading, Readings, Scrape};
 use super::protocol::{self, FromWorker, ToWorker, WorkerResult};
 use super::report;
 
@@ -156,236 +157,104 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         end_us,
     });
 
-    // Connections, per kind and in all.
-    let per_kind = |field: fn(&WorkerResult) -> &PerKind<u64>, kind: usize| -> u64 {
-        results.iter().map(|r| field(r)[kind]).sum()
+    let readings = Readings {
+        start: Reading {
+            procs: samples_start,
+            metrics: metrics_start,
+        },
+        hold_start: Reading {
+            procs: samples_ramped,
+            metrics: metrics_before,
+        },
+        hold_end: Reading {
+            procs: samples_held,
+            metrics: metrics_after,
+        },
+        end: Reading {
+            procs: samples_end,
+            metrics: metrics_end,
+        },
     };
-    let total = |field: fn(&WorkerResult) -> &PerKind<u64>| -> u64 {
-        (0..KINDS.len()).map(|k| per_kind(field, k)).sum()
+    let processes_figures = figures::processes(&args.procs, &readings, held_after_ramp, hold_s);
+    let counters = figures::counters(
+        &args.metrics,
+        &args.procs,
+        &processes_figures,
+        &readings,
+        hold_s,
+    );
+    let mb = |kb: u64| round(kb as f64 / 1024.0, 1);
+    let missed_updates = outcome.missed();
+    let figures = Figures {
+        run: RunFigures {
+            id: run_id,
+            edges: load.edges.clone(),
+            users: load.users,
+            connections_per_user: load.connections_per_user,
+            ramp_per_sec: load.ramp_per_sec,
+            heartbeat_ms: load.heartbeat_ms,
+            churn_per_sec: load.churn_per_sec,
+            churn_pause_ms: load.churn_pause_ms,
+            silent_percent: load.silent_percent,
+            female_percent: load.female_percent,
+            active_users: load.active_users,
+            http_users: load.http_users,
+            customers: load.customers,
+            observers: args.observers,
+            observers_connected,
+            observers_dropped,
+            hold_secs: args.hold_secs,
+            timeout_ms: args.timeout_ms,
+            sweep_ms: args.sweep_ms,
+            worker_processes: processes,
+            clock_ticks_per_sec: ticks,
+        },
+        phases_s: Phases {
+            ramp: round(ramp_s, 2),
+            hold: round(hold_s, 2),
+            close: round(close_s, 2),
+            drain: round(drain_s, 2),
+            total: round(began.elapsed().as_secs_f64(), 2),
+        },
+        connections: figures::connections(&results, held_after_ramp),
+        connect_ms: stats(outcome.connect_ms),
+        active_ws_setup_ms: stats(figures::setup_ms(&results, |r| &r.active_ws_setup_us)),
+        http_join_ms: stats(figures::setup_ms(&results, |r| &r.http_join_us)),
+        propagation_ms: stats(outcome.propagation_ms),
+        propagation_online_ms: stats(outcome.online_ms),
+        propagation_leave_ms: stats(outcome.leave_ms),
+        silent_offline_ms: stats(outcome.sweep_ms),
+        shutdown_offline_ms: stats(outcome.shutdown_ms),
+        expected_updates: outcome.expected,
+        missed_updates,
+        missed_by_cause: figures::by_cause(&outcome.missed_by),
+        expected_by_cause: figures::by_cause(&outcome.expected_by),
+        ghost_seconds: round(outcome.ghost_seconds, 3),
+        ghost_departures: outcome.ghost_departures,
+        departures: outcome.departures,
+        false_offlines: outcome.false_offlines,
+        unexpected_updates: outcome.unexpected,
+        inconsistent_updates: outcome.inconsistent,
+        churns: figures::sum_of(&results, |r| r.churns),
+        churn_skipped: figures::sum_of(&results, |r| r.churn_skipped),
+        http_beat_failures: figures::sum_of(&results, |r| r.http_beat_failures),
+        processes: processes_figures,
+        loadgen_cpu_seconds: round(loadgen_cpu, 2),
+        loadgen_cpu_seconds_hold: round(loadgen_cpu_hold, 2),
+        loadgen_rss_mb_peak: LoadgenRss {
+            coordinator: probes::peak_rss_kb().map(mb),
+            worker_max: results.iter().filter_map(|r| r.rss_peak_kb).max().map(mb),
+        },
+        counters,
     };
-    let mut by_kind = serde_json::Map::new();
-    for (k, name) in KINDS.iter().enumerate() {
-        by_kind.insert(
-            (*name).to_owned(),
-            json!({
-                "attempted": per_kind(|r| &r.attempted, k),
-                "ok": per_kind(|r| &r.ok, k),
-                "failed": per_kind(|r| &r.failed, k),
-                "dropped": per_kind(|r| &r.dropped, k),
-                "held": per_kind(|r| &r.held, k),
-            }),
-        );
-    }
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &results {
-        for (reason, n) in &r.failures {
-            *reasons.entry(reason.clone()).or_default() += n;
-        }
-    }
-    let setup = |times: fn(&WorkerResult) -> &Vec<u64>| -> Vec<f64> {
-        results
-            .iter()
-            .flat_map(times)
-            .map(|&us| us as f64 / 1000.0)
-            .collect()
-    };
-
-    // Server processes.
-    let processes_json: Vec<Value> = args
-        .procs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (start, ramped, held, end) = (
-                samples_start[i],
-                samples_ramped[i],
-                samples_held[i],
-                samples_end[i],
-            );
-            let mb = |s: ProcSample| s.rss_kb.map(|kb| round(kb as f64 / 1024.0, 1));
-            // The connections this process holds, when its `/metrics` says (an edge of
-            // several); otherwise all of the run's.
-            let own = metrics_before
-                .get(&p.name)
-                .and_then(|m| m.as_ref().ok())
-                .and_then(|m| m.get(probes::COUNTERS[3]).copied())
-                .filter(|c| *c > 0.0)
-                .map(|c| c as u64);
-            let conns = own.unwrap_or(held_after_ramp);
-            let per_conn = match (start.rss_kb, ramped.rss_kb) {
-                (Some(a), Some(b)) if conns > 0 => {
-                    Some(round((b as f64 - a as f64) / conns as f64, 2))
-                }
-                _ => None,
-            };
-            let cpu = |a: ProcSample, b: ProcSample| match (a.cpu_s, b.cpu_s) {
-                (Some(a), Some(b)) => Some(round(b - a, 2)),
-                _ => None,
-            };
-            let hold_cpu = cpu(ramped, held);
-            json!({
-                "name": p.name,
-                "pid": p.value,
-                "rss_mb_start": mb(start),
-                "rss_mb_after_ramp": mb(ramped),
-                "rss_mb_end": mb(end),
-                "rss_kb_per_connection": per_conn,
-                "connections_after_ramp": conns,
-                "cpu_seconds_ramp": cpu(start, ramped),
-                "cpu_seconds_hold": hold_cpu,
-                "cpu_percent_hold": hold_cpu.map(|c| round(100.0 * c / hold_s.max(1e-9), 1)),
-                "cpu_seconds_total": cpu(start, end),
-            })
-        })
-        .collect();
-
-    // Counters over the hold.
-    let mut counters = serde_json::Map::new();
-    for m in &args.metrics {
-        let (Some(Ok(before)), Some(Ok(after))) =
-            (metrics_before.get(&m.name), metrics_after.get(&m.name))
-        else {
-            let why = [metrics_before.get(&m.name), metrics_after.get(&m.name)]
-                .into_iter()
-                .flatten()
-                .find_map(|r| r.as_ref().err().map(ToString::to_string))
-                .unwrap_or_default();
-            counters.insert(m.name.clone(), json!({ "error": why }));
-            continue;
-        };
-        let delta = |name: &str| {
-            after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
-        };
-        let published = delta(probes::COUNTERS[0]);
-        let heartbeats = delta(probes::COUNTERS[1]);
-        let deliveries = delta(probes::COUNTERS[2]);
-        let process = args.procs.iter().position(|p| p.name == m.name);
-        let cpu = process.and_then(|i| processes_json[i]["cpu_seconds_hold"].as_f64());
-        // The whole run (ramp, hold, close, drain): where a ramp's fan-out is.
-        let run_deliveries = match (metrics_start.get(&m.name), metrics_end.get(&m.name)) {
-            (Some(Ok(a)), Some(Ok(b))) => Some(
-                b.get(probes::COUNTERS[2]).copied().unwrap_or(0.0)
-                    - a.get(probes::COUNTERS[2]).copied().unwrap_or(0.0),
-            ),
-            _ => None,
-        };
-        let run_cpu = process.and_then(|i| processes_json[i]["cpu_seconds_total"].as_f64());
-        counters.insert(
-            m.name.clone(),
-            json!({
-                "seconds": round(hold_s, 2),
-                "events_published": published,
-                "events_published_per_sec": round(published / hold_s.max(1e-9), 2),
-                "heartbeats_received": heartbeats,
-                "heartbeats_received_per_sec": round(heartbeats / hold_s.max(1e-9), 2),
-                "fanout_deliveries": deliveries,
-                "fanout_deliveries_per_sec": round(deliveries / hold_s.max(1e-9), 1),
-                "deliveries_per_cpu_second": cpu.filter(|c| *c > 0.0).map(|c| round(deliveries / c, 0)),
-                "run_fanout_deliveries": run_deliveries,
-                "run_deliveries_per_cpu_second": run_deliveries
-                    .zip(run_cpu.filter(|c| *c > 0.0))
-                    .map(|(d, c)| round(d / c, 0)),
-            }),
-        );
-    }
-
-    let sum_field = |field: fn(&WorkerResult) -> u64| -> u64 { results.iter().map(field).sum() };
-    let figures = json!({
-        "run": {
-            "id": run_id,
-            "edges": load.edges,
-            "users": load.users,
-            "connections_per_user": load.connections_per_user,
-            "ramp_per_sec": load.ramp_per_sec,
-            "heartbeat_ms": load.heartbeat_ms,
-            "churn_per_sec": load.churn_per_sec,
-            "churn_pause_ms": load.churn_pause_ms,
-            "silent_percent": load.silent_percent,
-            "female_percent": load.female_percent,
-            "active_users": load.active_users,
-            "http_users": load.http_users,
-            "customers": load.customers,
-            "observers": args.observers,
-            "observers_connected": observers_connected,
-            "observers_dropped": observers_dropped,
-            "hold_secs": args.hold_secs,
-            "timeout_ms": args.timeout_ms,
-            "sweep_ms": args.sweep_ms,
-            "worker_processes": processes,
-            "clock_ticks_per_sec": ticks,
-        },
-        "phases_s": {
-            "ramp": round(ramp_s, 2),
-            "hold": round(hold_s, 2),
-            "close": round(close_s, 2),
-            "drain": round(drain_s, 2),
-            "total": round(began.elapsed().as_secs_f64(), 2),
-        },
-        "connections": {
-            "attempted": total(|r| &r.attempted),
-            "held": total(|r| &r.held),
-            "failed": total(|r| &r.failed),
-            "dropped": total(|r| &r.dropped),
-            "held_after_ramp": held_after_ramp,
-            "by_kind": by_kind,
-            "failure_reasons": reasons,
-        },
-        "connect_ms": report::stats(outcome.connect_ms.clone()),
-        "active_ws_setup_ms": report::stats(setup(|r| &r.active_ws_setup_us)),
-        "http_join_ms": report::stats(setup(|r| &r.http_join_us)),
-        "propagation_ms": report::stats(outcome.propagation_ms.clone()),
-        "propagation_online_ms": report::stats(outcome.online_ms.clone()),
-        "propagation_leave_ms": report::stats(outcome.leave_ms.clone()),
-        "silent_offline_ms": report::stats(outcome.sweep_ms.clone()),
-        "shutdown_offline_ms": report::stats(outcome.shutdown_ms.clone()),
-        "expected_updates": outcome.expected,
-        "missed_updates": outcome.missed(),
-        "missed_by_cause": by_cause(&outcome.missed_by),
-        "expected_by_cause": by_cause(&outcome.expected_by),
-        "ghost_seconds": round(outcome.ghost_seconds, 3),
-        "ghost_departures": outcome.ghost_departures,
-        "departures": outcome.departures,
-        "false_offlines": outcome.false_offlines,
-        "unexpected_updates": outcome.unexpected,
-        "inconsistent_updates": outcome.inconsistent,
-        "churns": sum_field(|r| r.churns),
-        "churn_skipped": sum_field(|r| r.churn_skipped),
-        "http_beat_failures": sum_field(|r| r.http_beat_failures),
-        "processes": processes_json,
-        "loadgen_cpu_seconds": round(loadgen_cpu, 2),
-        "loadgen_cpu_seconds_hold": round(loadgen_cpu_hold, 2),
-        "loadgen_rss_mb_peak": {
-            "coordinator": probes::peak_rss_kb().map(|kb| round(kb as f64 / 1024.0, 1)),
-            "worker_max": results
-                .iter()
-                .filter_map(|r| r.rss_peak_kb)
-                .max()
-                .map(|kb| round(kb as f64 / 1024.0, 1)),
-        },
-        "counters": counters,
-    });
 
     print!("{}", report::table(&figures));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&figures)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report::json(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("results written to {}", path.display());
     }
     Ok(())
-}
-
-fn by_cause(counts: &[u64; 5]) -> Value {
-    analysis::CAUSES
-        .iter()
-        .zip(counts)
-        .map(|(cause, n)| ((*cause).to_owned(), json!(n)))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
-pub(crate) fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
 }
 
 fn self_cpu(ticks: f64) -> f64 {
@@ -399,7 +268,7 @@ fn sample_procs(args: &RunArgs, ticks: f64) -> Vec<ProcSample> {
         .collect()
 }
 
-async fn scrape_all(args: &RunArgs) -> HashMap<String, anyhow::Result<HashMap<&'static str, f64>>> {
+async fn scrape_all(args: &RunArgs) -> HashMap<String, Scrape> {
     let mut out = HashMap::new();
     for m in &args.metrics {
         out.insert(m.name.clone(), probes::scrape(&m.value).await);

@@ -32,6 +32,7 @@ mod analysis;
 mod cli;
 mod common;
 mod coordinator;
+mod figures;
 mod http1;
 mod probes;
 mod protocol;

@@ -58,8 +58,26 @@ pub(crate) const COUNTERS: [&str; 4] = [
     "presence_connections",
 ];
 
+/// Each of [`COUNTERS`] of one `/metrics` endpoint, or why they could not be read.
+pub(crate) type Scrape = anyhow::Result<HashMap<&'static str, f64>>;
+
+/// What the server processes said at one moment of a run: a [`ProcSample`] of every
+/// `--proc` (in their order) and the [`Scrape`] of every `--metrics` (by name).
+pub(crate) struct Reading {
+    pub(crate) procs: Vec<ProcSample>,
+    pub(crate) metrics: HashMap<String, Scrape>,
+}
+
+/// The readings the figures compare: before the ramp, around the hold, after the drain.
+pub(crate) struct Readings {
+    pub(crate) start: Reading,
+    pub(crate) hold_start: Reading,
+    pub(crate) hold_end: Reading,
+    pub(crate) end: Reading,
+}
+
 /// Each of [`COUNTERS`] at `url`, summed over its label sets (0 when absent).
-pub(crate) async fn scrape(url: &str) -> anyhow::Result<HashMap<&'static str, f64>> {
+pub(crate) async fn scrape(url: &str) -> Scrape {
     let response = presence_e2e::http("GET", url, &[], None).await?;
     if response.status != 200 {
         anyhow::bail!("GET {url}: status {}", response.status);
