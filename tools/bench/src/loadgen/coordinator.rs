@@ -1,5 +1,7 @@
 //! The coordinator: starts the workers, holds the observers, drives the phases, takes the
-//! readings and computes the figures.
+//! readings and computes the figures. [`run`] is the list of phases: plan, start workers,
+//! read the servers, connect observers, ramp, hold, stop and collect, drain, close observers,
+//! analyse, figures, report.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
@@ -13,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use super::analysis::{self, Observed};
+use super::analysis::{self, Observed, Outcome};
 use super::cli::{RunArgs, SOCKETS_PER_PROCESS};
 use super::common::{ConnRecord, Population, now_us, token};
 use super::figures::{self, Figures, LoadgenRss, Phases, RunFigures, round, stats};
@@ -24,7 +26,42 @@ use super::report;
 /// Extra wait, past timeout + sweep interval, for the last offline updates.
 const SLACK: Duration = Duration::from_secs(2);
 
+/// A run, phase by phase.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
+    let mut workers = start_workers(&args, &plan).await?;
+    let start = read_servers(&args, plan.ticks).await;
+    let observers = connect_observers(&args, &plan.pop).await?;
+    let ramp = ramp(&mut workers).await?;
+    let hold = hold(&args, plan.ticks, &mut workers).await?;
+    let (closed, conns) = stop_and_collect(&args, workers).await?;
+    let drained = drain(&args, plan.ticks, &observers, &conns).await;
+    let watched = close_observers(observers).await;
+    let loadgen_cpu = loadgen_cpu(&closed.results, plan.ticks);
+    let outcome = analyse(&args, &plan.pop, conns, &watched, drained.end_us);
+    let measured = Measured {
+        start,
+        ramp,
+        hold,
+        closed,
+        drained,
+        watched,
+        loadgen_cpu,
+    };
+    report(&args, &figures(&args, plan, measured, outcome))
+}
+
+/// What a run is: its id and users, how many workers, the clock of `/proc`.
+struct Plan {
+    run_id: String,
+    pop: Population,
+    processes: u32,
+    ticks: f64,
+    began: Instant,
+}
+
+/// The run's id, population and worker count (announced on stderr).
+fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
     let load = &args.load;
     let sockets = load.sockets();
     if sockets == 0 {
@@ -58,23 +95,37 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         load.ramp_per_sec,
         args.hold_secs
     );
+    Ok(Plan {
+        run_id,
+        pop,
+        processes,
+        ticks,
+        began,
+    })
+}
 
-    let mut workers = Workers::spawn(&args, &run_id, processes)?;
+/// Starts the worker processes and waits until every one is ready.
+async fn start_workers(args: &RunArgs, plan: &Plan) -> anyhow::Result<Workers> {
+    let mut workers = Workers::spawn(args, &plan.run_id, plan.processes)?;
     workers
         .gather("ready", Some(Duration::from_secs(30)), |m| match m {
             FromWorker::Ready => Some(()),
             _ => None,
         })
         .await?;
+    Ok(workers)
+}
 
-    let samples_start = sample_procs(&args, ticks);
-    let metrics_start = scrape_all(&args).await;
-    let observers = connect_observers(&args, &pop).await?;
-    // Let the observers' own online updates pass before the users come.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// The ramp: how long it took and how many connections it left open.
+struct Ramp {
+    seconds: f64,
+    open: u64,
+}
 
-    // Ramp.
-    let ramp_began = Instant::now();
+/// Has every worker open its connections on the ramp schedule; waits until all were
+/// attempted.
+async fn ramp(workers: &mut Workers) -> anyhow::Result<Ramp> {
+    let began = Instant::now();
     workers.send_all(ToWorker::Start).await?;
     let ramped = workers
         .gather("ramped", None, |m| match m {
@@ -82,30 +133,65 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ => None,
         })
         .await?;
-    let ramp_s = ramp_began.elapsed().as_secs_f64();
-    let held_after_ramp: u64 = ramped.iter().flat_map(|c| c.open).sum();
+    let seconds = began.elapsed().as_secs_f64();
+    let open: u64 = ramped.iter().flat_map(|c| c.open).sum();
     eprintln!(
-        "ramp: {held_after_ramp} connections open after {ramp_s:.1} s ({} failed)",
+        "ramp: {open} connections open after {seconds:.1} s ({} failed)",
         ramped.iter().flat_map(|c| c.failed).sum::<u64>()
     );
+    Ok(Ramp { seconds, open })
+}
 
-    // Hold.
-    let samples_ramped = sample_procs(&args, ticks);
-    let loadgen_cpu_hold_start = workers.cpu_s(ticks) + self_cpu(ticks);
-    let metrics_before = scrape_all(&args).await;
+/// The hold: its length, the servers at its start and end, the load generator's CPU.
+struct Hold {
+    seconds: f64,
+    start: Reading,
+    end: Reading,
+    loadgen_cpu: f64,
+}
+
+/// `--hold-secs` of heartbeats, churn and silence, read at both ends.
+async fn hold(args: &RunArgs, ticks: f64, workers: &mut Workers) -> anyhow::Result<Hold> {
+    let procs_before = sample_procs(args, ticks);
+    let loadgen_cpu_before = workers.cpu_s(ticks) + self_cpu(ticks);
+    let metrics_before = scrape_all(args).await;
     workers.send_all(ToWorker::Hold).await?;
-    let hold_began = Instant::now();
+    let began = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.hold_secs)).await;
-    let metrics_after = scrape_all(&args).await;
-    let hold_s = hold_began.elapsed().as_secs_f64();
-    let samples_held = sample_procs(&args, ticks);
-    let loadgen_cpu_hold = workers.cpu_s(ticks) + self_cpu(ticks) - loadgen_cpu_hold_start;
-    eprintln!("hold: {hold_s:.1} s; closing every connection");
+    let metrics_after = scrape_all(args).await;
+    let seconds = began.elapsed().as_secs_f64();
+    let procs_after = sample_procs(args, ticks);
+    let loadgen_cpu = workers.cpu_s(ticks) + self_cpu(ticks) - loadgen_cpu_before;
+    eprintln!("hold: {seconds:.1} s; closing every connection");
+    Ok(Hold {
+        seconds,
+        start: Reading {
+            procs: procs_before,
+            metrics: metrics_before,
+        },
+        end: Reading {
+            procs: procs_after,
+            metrics: metrics_after,
+        },
+        loadgen_cpu,
+    })
+}
 
-    // Close.
-    let close_began = Instant::now();
+/// The close: how long until every worker reported, and the reports (their connection
+/// records taken out).
+struct Closed {
+    seconds: f64,
+    results: Vec<WorkerResult>,
+}
+
+/// Has every worker close everything; collects their results and their connection records.
+async fn stop_and_collect(
+    args: &RunArgs,
+    mut workers: Workers,
+) -> anyhow::Result<(Closed, Vec<ConnRecord>)> {
+    let began = Instant::now();
     workers.send_all(ToWorker::Stop).await?;
-    let limit = Duration::from_millis(load.connect_timeout_ms) + Duration::from_secs(60);
+    let limit = Duration::from_millis(args.load.connect_timeout_ms) + Duration::from_secs(60);
     let mut results: Vec<WorkerResult> = workers
         .gather("result", Some(limit), |m| match m {
             FromWorker::Result(result) => Some(*result),
@@ -113,15 +199,30 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .await?;
     workers.reap().await;
-    let close_s = close_began.elapsed().as_secs_f64();
-
-    let conns: Vec<ConnRecord> = results
+    let seconds = began.elapsed().as_secs_f64();
+    let conns = results
         .iter_mut()
         .flat_map(|r| std::mem::take(&mut r.conns))
         .collect();
+    Ok((Closed { seconds, results }, conns))
+}
 
-    // Drain: wait for the last offline updates.
-    let drain_began = Instant::now();
+/// The drain: when observation stopped, how long it waited, the servers then.
+struct Drained {
+    end_us: u64,
+    seconds: f64,
+    reading: Reading,
+}
+
+/// Waits for the last offline updates: until no observer shows anyone online, at most
+/// timeout + sweep + [`SLACK`] after the last action.
+async fn drain(
+    args: &RunArgs,
+    ticks: f64,
+    observers: &[Observer],
+    conns: &[ConnRecord],
+) -> Drained {
+    let began = Instant::now();
     let last_action = conns
         .iter()
         .map(|c| c.end_us)
@@ -129,65 +230,94 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_default()
         .max(now_us());
     let grace = Duration::from_millis(args.timeout_ms + args.sweep_ms) + SLACK;
-    let drain_until = last_action + grace.as_micros() as u64;
-    while now_us() < drain_until && observers.iter().any(|o| o.shows_anyone()) {
+    let until = last_action + grace.as_micros() as u64;
+    while now_us() < until && observers.iter().any(|o| o.shows_anyone()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let end_us = now_us();
-    let drain_s = drain_began.elapsed().as_secs_f64();
-    let samples_end = sample_procs(&args, ticks);
-    let metrics_end = scrape_all(&args).await;
+    let seconds = began.elapsed().as_secs_f64();
+    Drained {
+        end_us,
+        seconds,
+        reading: read_servers(args, ticks).await,
+    }
+}
 
-    let observers_dropped = observers.iter().filter(|o| o.client.is_closed()).count();
-    let observed: Vec<Vec<Observed>> = observers.iter().map(Observer::updates).collect();
-    let observers_connected = observers.len();
+/// What the observers saw, and how many of them there were to the end.
+struct Watched {
+    updates: Vec<Vec<Observed>>,
+    connected: usize,
+    dropped: usize,
+}
+
+/// Takes the observers' updates and disconnects them.
+async fn close_observers(observers: Vec<Observer>) -> Watched {
+    let dropped = observers.iter().filter(|o| o.client.is_closed()).count();
+    let updates = observers.iter().map(Observer::updates).collect();
+    let connected = observers.len();
     for o in observers {
         o.client.disconnect().await;
     }
-    let workers_cpu: f64 = results.iter().filter_map(|r| r.cpu_s).sum();
-    let loadgen_cpu = workers_cpu + self_cpu(ticks);
+    Watched {
+        updates,
+        connected,
+        dropped,
+    }
+}
 
-    let outcome = analysis::analyse(analysis::Inputs {
-        pop: &pop,
+/// CPU seconds of the whole load generator: the workers' own, and the coordinator's so far.
+fn loadgen_cpu(results: &[WorkerResult], ticks: f64) -> f64 {
+    let workers: f64 = results.iter().filter_map(|r| r.cpu_s).sum();
+    workers + self_cpu(ticks)
+}
+
+/// The workers' records matched with the observers' updates.
+fn analyse(
+    args: &RunArgs,
+    pop: &Population,
+    conns: Vec<ConnRecord>,
+    watched: &Watched,
+    end_us: u64,
+) -> Outcome {
+    analysis::analyse(analysis::Inputs {
+        pop,
         conns,
-        observers: &observed,
+        observers: &watched.updates,
         timeout_us: args.timeout_ms * 1000,
         sweep_us: args.sweep_ms * 1000,
         slack_us: SLACK.as_micros() as u64,
         end_us,
-    });
+    })
+}
 
+/// What the phases measured, for the figures.
+struct Measured {
+    start: Reading,
+    ramp: Ramp,
+    hold: Hold,
+    closed: Closed,
+    drained: Drained,
+    watched: Watched,
+    loadgen_cpu: f64,
+}
+
+/// The run's figures.
+fn figures(args: &RunArgs, plan: Plan, m: Measured, outcome: Outcome) -> Figures {
+    let load = &args.load;
+    let (held_after_ramp, hold_s, results) = (m.ramp.open, m.hold.seconds, &m.closed.results);
     let readings = Readings {
-        start: Reading {
-            procs: samples_start,
-            metrics: metrics_start,
-        },
-        hold_start: Reading {
-            procs: samples_ramped,
-            metrics: metrics_before,
-        },
-        hold_end: Reading {
-            procs: samples_held,
-            metrics: metrics_after,
-        },
-        end: Reading {
-            procs: samples_end,
-            metrics: metrics_end,
-        },
+        start: m.start,
+        hold_start: m.hold.start,
+        hold_end: m.hold.end,
+        end: m.drained.reading,
     };
-    let processes_figures = figures::processes(&args.procs, &readings, held_after_ramp, hold_s);
-    let counters = figures::counters(
-        &args.metrics,
-        &args.procs,
-        &processes_figures,
-        &readings,
-        hold_s,
-    );
+    let processes = figures::processes(&args.procs, &readings, held_after_ramp, hold_s);
+    let counters = figures::counters(&args.metrics, &args.procs, &processes, &readings, hold_s);
     let mb = |kb: u64| round(kb as f64 / 1024.0, 1);
     let missed_updates = outcome.missed();
-    let figures = Figures {
+    Figures {
         run: RunFigures {
-            id: run_id,
+            id: plan.run_id,
             edges: load.edges.clone(),
             users: load.users,
             connections_per_user: load.connections_per_user,
@@ -201,25 +331,25 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             http_users: load.http_users,
             customers: load.customers,
             observers: args.observers,
-            observers_connected,
-            observers_dropped,
+            observers_connected: m.watched.connected,
+            observers_dropped: m.watched.dropped,
             hold_secs: args.hold_secs,
             timeout_ms: args.timeout_ms,
             sweep_ms: args.sweep_ms,
-            worker_processes: processes,
-            clock_ticks_per_sec: ticks,
+            worker_processes: plan.processes,
+            clock_ticks_per_sec: plan.ticks,
         },
         phases_s: Phases {
-            ramp: round(ramp_s, 2),
+            ramp: round(m.ramp.seconds, 2),
             hold: round(hold_s, 2),
-            close: round(close_s, 2),
-            drain: round(drain_s, 2),
-            total: round(began.elapsed().as_secs_f64(), 2),
+            close: round(m.closed.seconds, 2),
+            drain: round(m.drained.seconds, 2),
+            total: round(plan.began.elapsed().as_secs_f64(), 2),
         },
-        connections: figures::connections(&results, held_after_ramp),
+        connections: figures::connections(results, held_after_ramp),
         connect_ms: stats(outcome.connect_ms),
-        active_ws_setup_ms: stats(figures::setup_ms(&results, |r| &r.active_ws_setup_us)),
-        http_join_ms: stats(figures::setup_ms(&results, |r| &r.http_join_us)),
+        active_ws_setup_ms: stats(figures::setup_ms(results, |r| &r.active_ws_setup_us)),
+        http_join_ms: stats(figures::setup_ms(results, |r| &r.http_join_us)),
         propagation_ms: stats(outcome.propagation_ms),
         propagation_online_ms: stats(outcome.online_ms),
         propagation_leave_ms: stats(outcome.leave_ms),
@@ -235,26 +365,38 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         false_offlines: outcome.false_offlines,
         unexpected_updates: outcome.unexpected,
         inconsistent_updates: outcome.inconsistent,
-        churns: figures::sum_of(&results, |r| r.churns),
-        churn_skipped: figures::sum_of(&results, |r| r.churn_skipped),
-        http_beat_failures: figures::sum_of(&results, |r| r.http_beat_failures),
-        processes: processes_figures,
-        loadgen_cpu_seconds: round(loadgen_cpu, 2),
-        loadgen_cpu_seconds_hold: round(loadgen_cpu_hold, 2),
+        churns: figures::sum_of(results, |r| r.churns),
+        churn_skipped: figures::sum_of(results, |r| r.churn_skipped),
+        http_beat_failures: figures::sum_of(results, |r| r.http_beat_failures),
+        processes,
+        loadgen_cpu_seconds: round(m.loadgen_cpu, 2),
+        loadgen_cpu_seconds_hold: round(m.hold.loadgen_cpu, 2),
         loadgen_rss_mb_peak: LoadgenRss {
             coordinator: probes::peak_rss_kb().map(mb),
             worker_max: results.iter().filter_map(|r| r.rss_peak_kb).max().map(mb),
         },
         counters,
-    };
+    }
+}
 
-    print!("{}", report::table(&figures));
+/// Prints the table, and writes the JSON file when asked.
+fn report(args: &RunArgs, figures: &Figures) -> anyhow::Result<()> {
+    print!("{}", report::table(figures));
     if let Some(path) = &args.json {
-        std::fs::write(path, report::json(&figures)?)
+        std::fs::write(path, report::json(figures)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("results written to {}", path.display());
     }
     Ok(())
+}
+
+/// What every `--proc` and `--metrics` says now.
+async fn read_servers(args: &RunArgs, ticks: f64) -> Reading {
+    let procs = sample_procs(args, ticks);
+    Reading {
+        procs,
+        metrics: scrape_all(args).await,
+    }
 }
 
 fn self_cpu(ticks: f64) -> f64 {
@@ -446,6 +588,8 @@ impl Observer {
     }
 }
 
+/// Connects `--observers` observers (those that fail are reported and left out), then lets
+/// their own online updates pass.
 async fn connect_observers(args: &RunArgs, pop: &Population) -> anyhow::Result<Vec<Observer>> {
     let timeout = Duration::from_millis(args.load.connect_timeout_ms);
     let attempts = (0..args.observers).map(|i| async move {
@@ -506,5 +650,7 @@ async fn connect_observers(args: &RunArgs, pop: &Population) -> anyhow::Result<V
     if observers.is_empty() && args.observers > 0 {
         bail!("no observer could connect");
     }
+    // Let the observers' own online updates pass before the users come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(observers)
 }
