@@ -7,5 +7,8 @@
 //! - `presence-bench-persister`: the persister's write rate on a burst of changes.
 //!
 //! They start and read the server processes with the end-to-end harness (`presence-e2e`).
+//! [`beats`] is the heartbeat workload the aggregator benchmark shares with the aggregator
+//! crate's in-memory `fold` bench.
 
+pub mod beats;
 pub mod loadgen;
