@@ -110,6 +110,39 @@ impl Shared {
         }
     }
 
+    /// Sets up an active-users socket or HTTP client (`kind`) within the connect timeout,
+    /// as one step of the ramp: the client, its setup time recorded; or `None`, its failure
+    /// counted.
+    async fn set_up<T>(
+        &self,
+        kind: usize,
+        setup: impl Future<Output = anyhow::Result<T>>,
+    ) -> Option<T> {
+        self.counters.attempted[kind].fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
+        let outcome = tokio::time::timeout(self.connect_timeout, setup).await;
+        self.ramp_step();
+        match outcome {
+            Ok(Ok(client)) => {
+                let took = began.elapsed().as_micros() as u64;
+                self.setup_us[kind]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(took);
+                self.opened(kind);
+                Some(client)
+            }
+            Ok(Err(e)) => {
+                self.failed(kind, e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(kind, "timeout".into());
+                None
+            }
+        }
+    }
+
     /// One Socket.io connection attempt of user `u` (connection number `c` of the run).
     async fn connect_sio(&self, u: u32, c: u64, token: &str) -> (ConnRecord, Option<SioClient>) {
         let mut record = ConnRecord {
@@ -556,15 +589,13 @@ async fn active_user(
     mut commands: mpsc::Receiver<Cmd>,
 ) -> Vec<ConnRecord> {
     sleep_until(start).await;
-    sh.counters.attempted[ACTIVE].fetch_add(1, Ordering::Relaxed);
     let url = format!(
         "{}/ws/active-users",
         sh.edge(u64::from(i)).replacen("http", "ws", 1)
     );
     let mut auth = sh.pop.tab(ACTIVE, i, sh.customers);
     auth["type"] = json!("auth");
-    let began = Instant::now();
-    let setup = tokio::time::timeout(sh.connect_timeout, async {
+    let setup = async {
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         let (mut ws, _) =
             tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
@@ -587,22 +618,10 @@ async fn active_user(
                 None => bail!("closed"),
             }
         }
-    })
-    .await;
-    sh.ramp_step();
-    let mut ws = match setup {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            sh.failed(ACTIVE, e.to_string());
-            return Vec::new();
-        }
-        Err(_) => {
-            sh.failed(ACTIVE, "timeout".into());
-            return Vec::new();
-        }
     };
-    record_setup(&sh, ACTIVE, began);
-    sh.opened(ACTIVE);
+    let Some(mut ws) = sh.set_up(ACTIVE, setup).await else {
+        return Vec::new();
+    };
     let mut ping = heartbeats(sh.heartbeat);
     loop {
         tokio::select! {
@@ -638,37 +657,18 @@ async fn http_user(
     mut commands: mpsc::Receiver<Cmd>,
 ) -> Vec<ConnRecord> {
     sleep_until(start).await;
-    sh.counters.attempted[HTTP].fetch_add(1, Ordering::Relaxed);
     let body = sh.pop.tab(HTTP, i, sh.customers).to_string();
-    let mut client = match KeepAlive::new(sh.edge(u64::from(i))) {
-        Ok(client) => client,
-        Err(e) => {
-            sh.failed(HTTP, e.to_string());
-            sh.ramp_step();
-            return Vec::new();
+    let setup = async {
+        let mut client = KeepAlive::new(sh.edge(u64::from(i)))?;
+        match client.post("/presence/join", &body).await {
+            Ok(200) => Ok(client),
+            Ok(status) => bail!("join answered {status}"),
+            Err(e) => bail!("join: {e}"),
         }
     };
-    let began = Instant::now();
-    let joined =
-        tokio::time::timeout(sh.connect_timeout, client.post("/presence/join", &body)).await;
-    sh.ramp_step();
-    match joined {
-        Ok(Ok(200)) => {}
-        Ok(Ok(status)) => {
-            sh.failed(HTTP, format!("join answered {status}"));
-            return Vec::new();
-        }
-        Ok(Err(e)) => {
-            sh.failed(HTTP, format!("join: {e}"));
-            return Vec::new();
-        }
-        Err(_) => {
-            sh.failed(HTTP, "timeout".into());
-            return Vec::new();
-        }
-    }
-    record_setup(&sh, HTTP, began);
-    sh.opened(HTTP);
+    let Some(mut client) = sh.set_up(HTTP, setup).await else {
+        return Vec::new();
+    };
     let mut beat = heartbeats(sh.heartbeat);
     loop {
         tokio::select! {
@@ -688,13 +688,6 @@ async fn http_user(
         }
     }
     Vec::new()
-}
-
-fn record_setup(sh: &Shared, kind: usize, began: Instant) {
-    sh.setup_us[kind]
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(began.elapsed().as_micros() as u64);
 }
 
 /// A client's heartbeat clock: the first tick one period from now, late ticks delayed rather
