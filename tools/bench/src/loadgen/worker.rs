@@ -321,7 +321,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let churned = match churn {
         Some((stop, task)) => {
             let _ = stop.send(());
-            task.await.unwrap_or_default()
+            task.await.context("the churn task failed")?
         }
         None => ChurnStats::default(),
     };
