@@ -6,9 +6,9 @@
 //! over worker processes: the process started by the user is the *coordinator*; it starts
 //! `--processes` copies of itself as `presence-bench worker --index i …` (through `sh -c` to
 //! raise the soft open-files limit to the hard one first) and talks to them over their
-//! standard streams, one JSON message a line ([`protocol`]):
+//! standard streams, one JSON message a line (`protocol`):
 //!
-//! | coordinator → worker ([`protocol::ToWorker`]) | worker → coordinator ([`protocol::FromWorker`]) |
+//! | coordinator → worker (`protocol::ToWorker`) | worker → coordinator (`protocol::FromWorker`) |
 //! | --- | --- |
 //! | | `ready` |
 //! | `start`: open your connections on the ramp schedule | `progress {attempted, ok}` every second of the ramp |
@@ -26,7 +26,7 @@
 //! Every action (connect started, connected, left, closed, dropped) and every observed update
 //! is stamped with wall-clock microseconds since the epoch, the one clock all processes share.
 //! Workers log facts per connection; the coordinator derives users' online and offline
-//! transitions from them and matches them with what the observers saw ([`analysis`]).
+//! transitions from them and matches them with what the observers saw (`analysis`).
 
 mod analysis;
 mod cli;
