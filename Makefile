@@ -38,31 +38,31 @@ fmt:
 	$(CARGO) fmt --all
 
 bench: ## the benchmark suite at 1k and 10k connections (standalone and cluster), aggregator and replay, persister
-	$(CARGO) build --release -p presence -p presence-e2e
+	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh quick
 
 bench-full: ## the suite plus the largest runs: 19,000 connections on one edge, 50,000 over three edges
-	$(CARGO) build --release -p presence -p presence-e2e
+	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh full
 
 bench-fanout: ## steady fan-out at 10,000 connections (15 users/s churning): deliveries per CPU-second, propagation
-	$(CARGO) build --release -p presence -p presence-e2e
+	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh fanout
 
 bench-capacity: ## connections held: 19,000 on one edge, 50,000 over three edges, light fan-out
-	$(CARGO) build --release -p presence -p presence-e2e
+	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh capacity
 
 bench-churn: ## five minutes of churn and silent users at 10,000 connections: ghost-seconds and false offlines
-	$(CARGO) build --release -p presence -p presence-e2e
+	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh churn
 
 bench-aggregator: ## heartbeats/s folded by the aggregator from a pre-filled stream, and the replay rate
-	$(CARGO) build --release -p presence -p presence-e2e
+	$(CARGO) build --release -p presence -p presence-bench
 	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-aggregator 100000 20
 
 bench-persister: ## rows/s of the persister on a burst of 10,000 changes (real NATS + PostgreSQL)
-	$(CARGO) build --release -p presence -p presence-e2e
+	$(CARGO) build --release -p presence -p presence-bench
 	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-persister 10000
 
 check-infra: ## the compose file and the load balancer configuration are valid

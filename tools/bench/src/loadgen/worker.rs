@@ -19,10 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::cli::WorkerArgs;
 use super::common::{
-    ACTIVE, ConnRecord, End, HTTP, KINDS, Population, Rng, SIO, mix, now_us, slot, token,
+    ACTIVE, ConnRecord, End, HTTP, KINDS, PerKind, Population, Rng, SIO, mix, now_us, slot, token,
 };
 use super::http1::KeepAlive;
 use super::probes;
+use super::protocol::{self, FromWorker, RampCounts, ToWorker, WorkerResult};
 
 /// WebSocket read buffer of every client connection: frames here are small, and the
 /// default (128 KiB, zero-filled) would make the load generator the memory hog.
@@ -40,29 +41,22 @@ enum Cmd {
 /// Per-kind counters (indexed by [`SIO`], [`ACTIVE`], [`HTTP`]).
 #[derive(Default)]
 struct Counters {
-    attempted: [AtomicU64; 3],
-    ok: [AtomicU64; 3],
-    failed: [AtomicU64; 3],
-    open: [AtomicI64; 3],
-    dropped: [AtomicU64; 3],
+    attempted: PerKind<AtomicU64>,
+    ok: PerKind<AtomicU64>,
+    failed: PerKind<AtomicU64>,
+    open: PerKind<AtomicI64>,
+    dropped: PerKind<AtomicU64>,
 }
 
 impl Counters {
-    fn snapshot(list: &[AtomicU64; 3]) -> Value {
-        json!(
-            list.iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect::<Vec<_>>()
-        )
+    fn snapshot(list: &PerKind<AtomicU64>) -> PerKind<u64> {
+        list.each_ref().map(|c| c.load(Ordering::Relaxed))
     }
 
-    fn open(&self) -> Value {
-        json!(
-            self.open
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed).max(0))
-                .collect::<Vec<_>>()
-        )
+    fn open(&self) -> PerKind<u64> {
+        self.open
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed).max(0) as u64)
     }
 }
 
@@ -76,8 +70,9 @@ struct Shared {
     customers: u32,
     counters: Counters,
     failures: Mutex<HashMap<String, u64>>,
-    /// Setup time of active-users sockets (to `hello`) and HTTP clients (their join), µs.
-    setup_us: [Mutex<Vec<u64>>; 2],
+    /// Setup time of active-users sockets (to `hello`) and HTTP clients (their join), µs, by
+    /// kind (a Socket.io connection's is in its record).
+    setup_us: PerKind<Mutex<Vec<u64>>>,
     http_beat_failures: AtomicU64,
     /// Ramp items not yet attempted; `ramped` is notified when it reaches zero.
     ramp_left: AtomicUsize,
@@ -112,6 +107,39 @@ impl Shared {
         self.counters.open[kind].fetch_sub(1, Ordering::Relaxed);
         if dropped {
             self.counters.dropped[kind].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets up an active-users socket or HTTP client (`kind`) within the connect timeout,
+    /// as one step of the ramp: the client, its setup time recorded; or `None`, its failure
+    /// counted.
+    async fn set_up<T>(
+        &self,
+        kind: usize,
+        setup: impl Future<Output = anyhow::Result<T>>,
+    ) -> Option<T> {
+        self.counters.attempted[kind].fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
+        let outcome = tokio::time::timeout(self.connect_timeout, setup).await;
+        self.ramp_step();
+        match outcome {
+            Ok(Ok(client)) => {
+                let took = began.elapsed().as_micros() as u64;
+                self.setup_us[kind]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(took);
+                self.opened(kind);
+                Some(client)
+            }
+            Ok(Err(e)) => {
+                self.failed(kind, e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(kind, "timeout".into());
+                None
+            }
         }
     }
 
@@ -207,8 +235,8 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         ramped: Notify::new(),
     });
 
-    say("ready")?;
-    expect(&mut control, "start").await?;
+    say(&FromWorker::Ready)?;
+    expect(&mut control, ToWorker::Start).await?;
     let t0 = Instant::now();
     let at = |i: u64, kind: usize| t0 + slot(i, n[kind], total, load.ramp_per_sec);
 
@@ -263,21 +291,20 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     let c = &shared.counters;
                     let attempted: u64 = c.attempted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
                     let ok: u64 = c.ok.iter().map(|a| a.load(Ordering::Relaxed)).sum();
-                    say(&format!("progress {attempted} {ok}"))?;
+                    say(&FromWorker::Progress { attempted, ok })?;
                 }
             }
         }
     }
     let c = &shared.counters;
-    let ramped = json!({
-        "attempted": Counters::snapshot(&c.attempted),
-        "ok": Counters::snapshot(&c.ok),
-        "failed": Counters::snapshot(&c.failed),
-        "open": c.open(),
-    });
-    say(&format!("ramped {ramped}"))?;
+    say(&FromWorker::Ramped(RampCounts {
+        attempted: Counters::snapshot(&c.attempted),
+        ok: Counters::snapshot(&c.ok),
+        failed: Counters::snapshot(&c.failed),
+        open: c.open(),
+    }))?;
 
-    expect(&mut control, "hold").await?;
+    expect(&mut control, ToWorker::Hold).await?;
     let churn = (load.churn_per_sec > 0.0).then(|| {
         let eligible: Vec<(mpsc::Sender<Cmd>, Arc<AtomicBool>)> = clients
             .iter()
@@ -290,11 +317,11 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         (stop, task)
     });
 
-    expect(&mut control, "stop").await?;
+    expect(&mut control, ToWorker::Stop).await?;
     let churned = match churn {
         Some((stop, task)) => {
             let _ = stop.send(());
-            task.await.unwrap_or_default()
+            task.await.context("the churn task failed")?
         }
         None => ChurnStats::default(),
     };
@@ -312,49 +339,52 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let setup: Vec<Vec<u64>> = shared
-        .setup_us
-        .iter()
-        .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        .collect();
-    let result = json!({
-        "conns": records.into_iter().map(ConnRecord::to_json).collect::<Vec<_>>(),
-        "attempted": Counters::snapshot(&c.attempted),
-        "ok": Counters::snapshot(&c.ok),
-        "failed": Counters::snapshot(&c.failed),
-        "dropped": Counters::snapshot(&c.dropped),
-        "held": held,
-        "failures": failures,
-        "setup_us": setup,
-        "http_beat_failures": shared.http_beat_failures.load(Ordering::Relaxed),
-        "churns": churned.churns,
-        "churn_skipped": churned.skipped,
-        "cpu_s": probes::sample("self", ticks).cpu_s,
-        "rss_peak_kb": probes::peak_rss_kb(),
-    });
-    say(&format!("result {result}"))?;
+    let setup = |kind: usize| {
+        std::mem::take(
+            &mut *shared.setup_us[kind]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    };
+    say(&FromWorker::Result(Box::new(WorkerResult {
+        conns: records,
+        attempted: Counters::snapshot(&c.attempted),
+        ok: Counters::snapshot(&c.ok),
+        failed: Counters::snapshot(&c.failed),
+        dropped: Counters::snapshot(&c.dropped),
+        held,
+        failures,
+        active_ws_setup_us: setup(ACTIVE),
+        http_join_us: setup(HTTP),
+        http_beat_failures: shared.http_beat_failures.load(Ordering::Relaxed),
+        churns: churned.churns,
+        churn_skipped: churned.skipped,
+        cpu_s: probes::sample("self", ticks).cpu_s,
+        rss_peak_kb: probes::peak_rss_kb(),
+    })))?;
     Ok(())
 }
 
-/// Writes one line to the coordinator.
-fn say(line: &str) -> anyhow::Result<()> {
+/// Writes one message to the coordinator.
+fn say(message: &FromWorker) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
+    writeln!(out, "{}", protocol::line(message))?;
     out.flush()?;
     Ok(())
 }
 
-/// The coordinator's lines on stdin, read on a thread of their own (blocking reads). If the
-/// coordinator goes away before its `stop`, the worker exits at once rather than keep its
-/// connections open for nobody.
-fn control_lines() -> mpsc::UnboundedReceiver<String> {
+/// The coordinator's commands on stdin, read on a thread of their own (blocking reads). If
+/// the coordinator goes away before its `stop`, the worker exits at once rather than keep
+/// its connections open for nobody.
+fn control_lines() -> mpsc::UnboundedReceiver<anyhow::Result<ToWorker>> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         let mut stopped = false;
         for line in std::io::stdin().lines() {
             let Ok(line) = line else { break };
-            stopped |= line.trim() == "stop";
-            if tx.send(line).is_err() {
+            let command = protocol::parse(&line, "the coordinator");
+            stopped |= matches!(command, Ok(ToWorker::Stop));
+            if tx.send(command).is_err() {
                 return;
             }
         }
@@ -366,14 +396,17 @@ fn control_lines() -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// Waits for the coordinator's `word`.
-async fn expect(control: &mut mpsc::UnboundedReceiver<String>, word: &str) -> anyhow::Result<()> {
-    while let Some(line) = control.recv().await {
-        if line.trim() == word {
-            return Ok(());
-        }
+/// Waits for the coordinator's next command, which must be `want`.
+async fn expect(
+    control: &mut mpsc::UnboundedReceiver<anyhow::Result<ToWorker>>,
+    want: ToWorker,
+) -> anyhow::Result<()> {
+    match control.recv().await {
+        Some(Ok(command)) if command == want => Ok(()),
+        Some(Ok(command)) => bail!("the coordinator sent {command:?} while {want:?} was due"),
+        Some(Err(e)) => Err(e),
+        None => bail!("the coordinator went away (waiting for {want:?})"),
     }
-    bail!("the coordinator went away (waiting for {word:?})")
 }
 
 #[derive(Debug, Default)]
@@ -556,15 +589,13 @@ async fn active_user(
     mut commands: mpsc::Receiver<Cmd>,
 ) -> Vec<ConnRecord> {
     sleep_until(start).await;
-    sh.counters.attempted[ACTIVE].fetch_add(1, Ordering::Relaxed);
     let url = format!(
         "{}/ws/active-users",
         sh.edge(u64::from(i)).replacen("http", "ws", 1)
     );
     let mut auth = sh.pop.tab(ACTIVE, i, sh.customers);
     auth["type"] = json!("auth");
-    let began = Instant::now();
-    let setup = tokio::time::timeout(sh.connect_timeout, async {
+    let setup = async {
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         let (mut ws, _) =
             tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
@@ -587,22 +618,10 @@ async fn active_user(
                 None => bail!("closed"),
             }
         }
-    })
-    .await;
-    sh.ramp_step();
-    let mut ws = match setup {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            sh.failed(ACTIVE, e.to_string());
-            return Vec::new();
-        }
-        Err(_) => {
-            sh.failed(ACTIVE, "timeout".into());
-            return Vec::new();
-        }
     };
-    record_setup(&sh, 0, began);
-    sh.opened(ACTIVE);
+    let Some(mut ws) = sh.set_up(ACTIVE, setup).await else {
+        return Vec::new();
+    };
     let mut ping = heartbeats(sh.heartbeat);
     loop {
         tokio::select! {
@@ -638,37 +657,18 @@ async fn http_user(
     mut commands: mpsc::Receiver<Cmd>,
 ) -> Vec<ConnRecord> {
     sleep_until(start).await;
-    sh.counters.attempted[HTTP].fetch_add(1, Ordering::Relaxed);
     let body = sh.pop.tab(HTTP, i, sh.customers).to_string();
-    let mut client = match KeepAlive::new(sh.edge(u64::from(i))) {
-        Ok(client) => client,
-        Err(e) => {
-            sh.failed(HTTP, e.to_string());
-            sh.ramp_step();
-            return Vec::new();
+    let setup = async {
+        let mut client = KeepAlive::new(sh.edge(u64::from(i)))?;
+        match client.post("/presence/join", &body).await {
+            Ok(200) => Ok(client),
+            Ok(status) => bail!("join answered {status}"),
+            Err(e) => bail!("join: {e}"),
         }
     };
-    let began = Instant::now();
-    let joined =
-        tokio::time::timeout(sh.connect_timeout, client.post("/presence/join", &body)).await;
-    sh.ramp_step();
-    match joined {
-        Ok(Ok(200)) => {}
-        Ok(Ok(status)) => {
-            sh.failed(HTTP, format!("join answered {status}"));
-            return Vec::new();
-        }
-        Ok(Err(e)) => {
-            sh.failed(HTTP, format!("join: {e}"));
-            return Vec::new();
-        }
-        Err(_) => {
-            sh.failed(HTTP, "timeout".into());
-            return Vec::new();
-        }
-    }
-    record_setup(&sh, 1, began);
-    sh.opened(HTTP);
+    let Some(mut client) = sh.set_up(HTTP, setup).await else {
+        return Vec::new();
+    };
     let mut beat = heartbeats(sh.heartbeat);
     loop {
         tokio::select! {
@@ -688,13 +688,6 @@ async fn http_user(
         }
     }
     Vec::new()
-}
-
-fn record_setup(sh: &Shared, which: usize, began: Instant) {
-    sh.setup_us[which]
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(began.elapsed().as_micros() as u64);
 }
 
 /// A client's heartbeat clock: the first tick one period from now, late ticks delayed rather

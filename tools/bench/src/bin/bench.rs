@@ -13,12 +13,10 @@
 //!     --json result.json
 //! ```
 //!
-//! `presence-bench --help` lists every flag; the design is described in `tests/src/bench/mod.rs`.
-
-#[path = "../bench/mod.rs"]
-mod bench;
+//! `presence-bench --help` lists every flag; the design is described in the crate's
+//! `loadgen` module (`tools/bench/src/loadgen/mod.rs`).
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bench::main().await
+    presence_bench::loadgen::main().await
 }

@@ -2,20 +2,16 @@
 
 use std::collections::HashMap;
 
+use presence_e2e::procfs;
+
 /// The peak resident memory (`VmHWM`) of this process, KiB.
 pub(crate) fn peak_rss_kb() -> Option<u64> {
     status_field("self", "VmHWM:")
 }
 
 fn status_field(pid: &str, field: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    procfs::status_kib(&status, field)
 }
 
 /// Resident memory and CPU time of a process at one moment.
@@ -49,20 +45,9 @@ pub(crate) fn sample(pid: &str, ticks: f64) -> ProcSample {
     let rss_kb = status_field(pid, "VmRSS:");
     let cpu_s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| cpu_ticks(&stat))
+        .and_then(|stat| procfs::cpu_ticks(&stat))
         .map(|t| t as f64 / ticks);
     ProcSample { rss_kb, cpu_s }
-}
-
-/// `utime + stime` from the text of `/proc/PID/stat`: fields 14 and 15, counted after the
-/// command name (which may itself hold spaces and parentheses).
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
 }
 
 /// The counters (and the connection gauge, last) read from one `/metrics` endpoint.
@@ -73,8 +58,26 @@ pub(crate) const COUNTERS: [&str; 4] = [
     "presence_connections",
 ];
 
+/// Each of [`COUNTERS`] of one `/metrics` endpoint, or why they could not be read.
+pub(crate) type Scrape = anyhow::Result<HashMap<&'static str, f64>>;
+
+/// What the server processes said at one moment of a run: a [`ProcSample`] of every
+/// `--proc` (in their order) and the [`Scrape`] of every `--metrics` (by name).
+pub(crate) struct Reading {
+    pub(crate) procs: Vec<ProcSample>,
+    pub(crate) metrics: HashMap<String, Scrape>,
+}
+
+/// The readings the figures compare: before the ramp, around the hold, after the drain.
+pub(crate) struct Readings {
+    pub(crate) start: Reading,
+    pub(crate) hold_start: Reading,
+    pub(crate) hold_end: Reading,
+    pub(crate) end: Reading,
+}
+
 /// Each of [`COUNTERS`] at `url`, summed over its label sets (0 when absent).
-pub(crate) async fn scrape(url: &str) -> anyhow::Result<HashMap<&'static str, f64>> {
+pub(crate) async fn scrape(url: &str) -> Scrape {
     let response = presence_e2e::http("GET", url, &[], None).await?;
     if response.status != 200 {
         anyhow::bail!("GET {url}: status {}", response.status);
@@ -106,12 +109,6 @@ fn sum_counters(text: &str) -> HashMap<&'static str, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_is_read_after_the_command_name() {
-        let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9 0";
-        assert_eq!(cpu_ticks(stat), Some(281));
-    }
 
     #[test]
     fn counters_are_summed_over_label_sets() {

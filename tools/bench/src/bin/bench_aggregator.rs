@@ -2,7 +2,8 @@
 //! JetStream stream, and how fast `presence replay` re-reads the same stream.
 //!
 //! It appends a join for each of N connections, then R rounds of heartbeats from all of
-//! them (batched 2,000 per `beat` message, as edges batch them) with a sweep tick per round,
+//! them (batched 2,000 per `beat` message, as edges batch them) with a sweep tick per round
+//! (the workload of `presence_bench::beats`, which the aggregator's `fold` bench folds too),
 //! then starts a `presence aggregator` process on that stream and times it from its first
 //! folded event to the last; then it times `presence replay timeline` over the whole stream.
 //!
@@ -13,14 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use bytes::Bytes;
+use presence_bench::beats::BeatWorkload;
 use presence_e2e::{Proc, cpu_seconds, metric_total, nats_url, presence_bin, unique_namespace};
-use presence_events::{
-    BeatEntry, ConnId, Event, EventBody, Millis, NodeId, Subjects, TenantId, UserId, ViewerClass,
-};
+use presence_events::{Millis, Subjects};
 use presence_log::{EventLog, JetStreamLog, Outgoing, StreamSpec, publish_all_durable};
 
-/// Heartbeats per `beat` message.
-const BATCH: usize = 2_000;
 /// Room for the pre-filled stream.
 const MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
@@ -47,57 +45,16 @@ async fn main() -> anyhow::Result<()> {
 
     // Times from now on, 5 s a round: the live aggregator's own sweep ticks come after all of
     // it in the stream, and sweep nobody.
-    let node = NodeId::parse("edge-bench").context("node id")?;
-    let tenant = TenantId::default_tenant();
-    let base = Millis::now();
-    let conns: Vec<(UserId, ConnId, ViewerClass)> = (0..connections)
-        .map(|i| {
-            let gender = if i % 10 == 0 { "female" } else { "male" };
-            let user = UserId::parse(format!("user-{i}")).context("user id")?;
-            Ok((user, ConnId::new(), ViewerClass::from_gender(Some(gender))))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let event = |at: Millis, body: EventBody| {
-        let event = Event::new(node.clone(), at, body);
-        Outgoing {
+    let workload = BeatWorkload::new(connections, rounds as u64, Millis::now());
+    let messages: Vec<Outgoing> = workload
+        .events()
+        .map(|event| Outgoing {
             subject: subjects.event(event.kind()),
             msg_id: event.id.to_string(),
             payload: Bytes::from(event.encode().expect("events encode")),
-        }
-    };
-    let mut messages: Vec<Outgoing> = conns
-        .iter()
-        .map(|(user, conn, class)| {
-            event(
-                base,
-                EventBody::Join {
-                    tenant: tenant.clone(),
-                    user: user.clone(),
-                    conn: *conn,
-                    class: class.clone(),
-                },
-            )
         })
         .collect();
-    let mut heartbeats = 0u64;
-    for round in 1..=rounds as u64 {
-        let at = base.plus(round * 5_000);
-        for chunk in conns.chunks(BATCH) {
-            let beats: Vec<BeatEntry> = chunk
-                .iter()
-                .map(|(user, conn, class)| BeatEntry {
-                    tenant: tenant.clone(),
-                    user: user.clone(),
-                    conn: *conn,
-                    class: class.clone(),
-                    at,
-                })
-                .collect();
-            heartbeats += beats.len() as u64;
-            messages.push(event(at, EventBody::Beat { beats }));
-        }
-        messages.push(event(at.plus(1), EventBody::Tick));
-    }
+    let heartbeats = workload.heartbeats();
     let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
     let never = tokio_util::sync::CancellationToken::new();
     let filling = Instant::now();

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Wall-clock microseconds since the epoch: comparable across processes.
@@ -22,6 +23,8 @@ pub(crate) const ACTIVE: usize = 1;
 pub(crate) const HTTP: usize = 2;
 /// Names of the kinds, by index.
 pub(crate) const KINDS: [&str; 3] = ["socketio", "active_ws", "http"];
+/// One value for each client kind, indexed by [`SIO`], [`ACTIVE`], [`HTTP`].
+pub(crate) type PerKind<T> = [T; KINDS.len()];
 
 /// The simulated users of one run: every attribute is a function of the user's number, so
 /// all processes agree without talking.
@@ -136,8 +139,9 @@ pub(crate) fn slot(i: u64, of: u64, total: u64, rate: f64) -> Duration {
     Duration::from_secs_f64(i as f64 / kind_rate)
 }
 
-/// How a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a connection ended (its code in a [`ConnRecord`] on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
 pub(crate) enum End {
     /// Still open (or never opened).
     Open = 0,
@@ -149,19 +153,30 @@ pub(crate) enum End {
     Drop = 3,
 }
 
-impl End {
-    fn from_code(code: u64) -> Self {
+impl From<End> for u8 {
+    fn from(end: End) -> u8 {
+        end as u8
+    }
+}
+
+impl TryFrom<u8> for End {
+    type Error = String;
+
+    fn try_from(code: u8) -> Result<Self, String> {
         match code {
-            1 => End::Leave,
-            2 => End::Close,
-            3 => End::Drop,
-            _ => End::Open,
+            0 => Ok(End::Open),
+            1 => Ok(End::Leave),
+            2 => Ok(End::Close),
+            3 => Ok(End::Drop),
+            _ => Err(format!("no connection end has the code {code}")),
         }
     }
 }
 
-/// What a worker logs about one Socket.io connection attempt.
-#[derive(Debug, Clone, Copy)]
+/// What a worker logs about one Socket.io connection attempt; on the wire, the array
+/// `[user, start_us, connected_us, end_us, end]` (a worker sends thousands of them).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(from = "(u32, u64, u64, u64, End)", into = "(u32, u64, u64, u64, End)")]
 pub(crate) struct ConnRecord {
     pub(crate) user: u32,
     /// The connect started (TCP).
@@ -177,26 +192,22 @@ impl ConnRecord {
     pub(crate) fn ok(&self) -> bool {
         self.connected_us != 0
     }
+}
 
-    pub(crate) fn to_json(self) -> Value {
-        json!([
-            self.user,
-            self.start_us,
-            self.connected_us,
-            self.end_us,
-            self.end as u8
-        ])
+impl From<(u32, u64, u64, u64, End)> for ConnRecord {
+    fn from((user, start_us, connected_us, end_us, end): (u32, u64, u64, u64, End)) -> Self {
+        Self {
+            user,
+            start_us,
+            connected_us,
+            end_us,
+            end,
+        }
     }
+}
 
-    pub(crate) fn from_json(v: &Value) -> Option<Self> {
-        let a = v.as_array()?;
-        let n = |i: usize| a.get(i).and_then(Value::as_u64);
-        Some(Self {
-            user: u32::try_from(n(0)?).ok()?,
-            start_us: n(1)?,
-            connected_us: n(2)?,
-            end_us: n(3)?,
-            end: End::from_code(n(4)?),
-        })
+impl From<ConnRecord> for (u32, u64, u64, u64, End) {
+    fn from(c: ConnRecord) -> Self {
+        (c.user, c.start_us, c.connected_us, c.end_us, c.end)
     }
 }
