@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use presence_events::{ClusterStats, EncodeError, Event, Millis, SCHEMA_VERSION, Subjects};
+use presence_events::{
+    ClusterStats, EncodeError, Event, EventBody, Millis, NodeId, SCHEMA_VERSION, Subjects,
+};
 use presence_log::{EventLog, Outgoing, StartAt, publish_all_durable};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use presence_store::Store;
 use serde::{Deserialize, Serialize};
 
+use crate::event_time::in_log_time;
 use crate::sessions::ActiveUsers;
 use crate::state::PresenceState;
 
@@ -101,6 +104,7 @@ pub(crate) async fn fold_events(
     snapshots: Option<Snapshots>,
     log: Arc<dyn EventLog>,
     subjects: Subjects,
+    node: NodeId,
     sweep_due: watch::Sender<Option<Millis>>,
     shutdown: CancellationToken,
 ) {
@@ -113,6 +117,8 @@ pub(crate) async fn fold_events(
         started_at: Millis::now(),
         labels: CustomerLabels::default(),
         sweep_due,
+        node,
+        log_clock_ahead_ms: 0,
     };
     let stream = subjects.events_stream();
     let mut backoff = Duration::from_millis(100);
@@ -185,8 +191,28 @@ struct Runtime {
     /// When this aggregator started (reported in the cluster figures).
     started_at: Millis,
     labels: CustomerLabels,
-    /// Tells the sweep clock when the next connection's timeout runs out.
+    /// Tells the sweep clock when (by this machine's clock) the next connection's timeout
+    /// runs out.
     sweep_due: watch::Sender<Option<Millis>>,
+    /// This aggregator's node id: the ticks it wrote tell how far its clock is from the log's.
+    node: NodeId,
+    /// How far the log's clock is ahead of this machine's, as of the newest own tick folded.
+    log_clock_ahead_ms: i64,
+}
+
+impl Runtime {
+    /// Learns the log's clock from a tick this aggregator wrote (stamped by its own clock).
+    fn observe_own_tick(&mut self, event: &Event, stored: Millis) {
+        let tick = matches!(event.body, EventBody::Tick | EventBody::MetricsTick);
+        if tick && event.node == self.node {
+            self.log_clock_ahead_ms = stored.0 as i64 - event.at.0 as i64;
+        }
+    }
+
+    /// A time of the log's clock by this machine's clock.
+    fn local(&self, log_time: Millis) -> Millis {
+        Millis(log_time.0.saturating_add_signed(-self.log_clock_ahead_ms))
+    }
 }
 
 /// Folds deliveries until the subscription ends or shutdown.
@@ -222,6 +248,9 @@ async fn fold_until_interrupted(
             };
             match Event::decode(&delivered.payload) {
                 Ok(event) => {
+                    let stored = Millis(delivered.stored_ms);
+                    saved.observe_own_tick(&event, stored);
+                    let event = in_log_time(event, stored);
                     metrics::counter!("presence_events_consumed_total", "kind" => event.kind())
                         .increment(1);
                     for metrics in state.active.apply(delivered.seq, &event) {
@@ -232,7 +261,7 @@ async fn fold_until_interrupted(
                             metrics.encode(),
                         ));
                     }
-                    let tick = matches!(event.body, presence_events::EventBody::Tick);
+                    let tick = matches!(event.body, EventBody::Tick);
                     for change in state.presence.apply(delivered.seq, &event) {
                         metrics::counter!("presence_changes_total", "cause" => change.cause.as_str())
                             .increment(1);
@@ -259,7 +288,7 @@ async fn fold_until_interrupted(
         }
         record_stats(&state.presence);
         // The clock appends a sweep tick when the next connection's timeout runs out.
-        let due = state.presence.next_sweep_due();
+        let due = state.presence.next_sweep_due().map(|due| saved.local(due));
         saved
             .sweep_due
             .send_if_modified(|d| std::mem::replace(d, due) != due);

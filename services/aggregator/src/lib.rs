@@ -6,6 +6,7 @@
 //! it an [`EventLog`] (JetStream in a cluster, in-memory in `presence standalone`).
 
 mod consumer;
+pub mod event_time;
 mod pairs;
 pub mod sessions;
 pub mod state;
@@ -20,6 +21,7 @@ use presence_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use event_time::in_log_time;
 pub use sessions::ActiveUsers;
 pub use state::PresenceState;
 
@@ -102,6 +104,7 @@ impl Aggregator {
             self.snapshots,
             self.log.clone(),
             self.subjects.clone(),
+            self.node.clone(),
             sweep_due,
             shutdown.clone(),
         ));

@@ -146,8 +146,14 @@ pub(crate) async fn run(
             break;
         }
         progress.set_position(delivered.seq - range.from_seq + 1);
-        let event = match Event::decode(&delivered.payload) {
-            Ok(e) => e,
+        let (event, written) = match Event::decode(&delivered.payload) {
+            // Folded on the log's clock, exactly as the live aggregator folds it; the writer's
+            // own time is kept for the timeline.
+            Ok(e) => {
+                let written = e.at;
+                let stored = Millis(delivered.stored_ms);
+                (presence_aggregator::in_log_time(e, stored), written)
+            }
             Err(e) => {
                 progress.suspend(|| {
                     eprintln!("seq {}: skipping an undecodable event: {e}", delivered.seq)
@@ -172,8 +178,9 @@ pub(crate) async fn run(
                     continue;
                 }
                 if touches(&event.body, user, tenant.as_ref()) {
-                    progress
-                        .suspend(|| println!("{}", describe_event(delivered.seq, &event, user)));
+                    progress.suspend(|| {
+                        println!("{}", describe_event(delivered.seq, &event, written, user))
+                    });
                 }
                 for c in changes
                     .iter()
@@ -247,7 +254,9 @@ fn touches(body: &EventBody, user: &str, tenant: Option<&TenantId>) -> bool {
     }
 }
 
-fn describe_event(seq: u64, event: &Event, user: &str) -> String {
+/// One event of a timeline, at the log's time; the writer's own time too when its clock was
+/// more than a second off.
+fn describe_event(seq: u64, event: &Event, written: Millis, user: &str) -> String {
     let detail = match &event.body {
         EventBody::Join { conn, class, .. } => format!("join    conn {conn} class {class}"),
         EventBody::Leave { conn, reason, .. } => format!("leave   conn {conn} reason {reason:?}"),
@@ -274,8 +283,13 @@ fn describe_event(seq: u64, event: &Event, user: &str) -> String {
         }
         other => other.kind().to_owned(),
     };
+    let writer_clock = if written.0.abs_diff(event.at.0) > 1_000 {
+        format!(", its clock {}", format_rfc3339(written))
+    } else {
+        String::new()
+    };
     format!(
-        "{}  seq {seq:>8}  event   {detail}  (node {})",
+        "{}  seq {seq:>8}  event   {detail}  (node {}{writer_clock})",
         format_rfc3339(event.at),
         event.node
     )

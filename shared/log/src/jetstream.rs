@@ -77,9 +77,12 @@ fn into_delivered(
     message: jetstream::Message,
     acked: bool,
 ) -> Result<Delivered, LogError> {
-    let (seq, pending) = message
+    let (seq, pending, stored_ms) = message
         .info()
-        .map(|info| (info.stream_sequence, info.pending))
+        .map(|info| {
+            let stored_ms = info.published.unix_timestamp_nanos() / 1_000_000;
+            (info.stream_sequence, info.pending, stored_ms.max(0) as u64)
+        })
         .map_err(|e| LogError::Consume {
             stream: stream.to_owned(),
             reason: format!("delivery without stream metadata: {e}"),
@@ -90,6 +93,7 @@ fn into_delivered(
         subject: message.subject.to_string(),
         payload: message.payload,
         pending,
+        stored_ms,
         ack: if acked {
             Acker::JetStream(Box::new(acker))
         } else {

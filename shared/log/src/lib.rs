@@ -111,6 +111,9 @@ pub struct Delivered {
     pub payload: Bytes,
     /// Messages still waiting behind this one for the subscription (consumer lag).
     pub pending: u64,
+    /// When the log stored the message, in ms since the epoch, by the log's own clock: the
+    /// one clock every reader of the log agrees on, whatever the writers' clocks say.
+    pub stored_ms: u64,
     ack: Acker,
 }
 

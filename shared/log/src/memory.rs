@@ -27,12 +27,17 @@ struct Stored {
     subject: String,
     payload: Bytes,
     appended: Instant,
+    /// The log's time of the message (this process's wall clock: one clock for all).
+    stored_ms: u64,
 }
 
 struct MemStream {
     spec: StreamSpec,
     messages: BTreeMap<u64, Stored>,
     last_seq: u64,
+    /// The time of the newest message: stored times never go backwards, even if the wall
+    /// clock is stepped back.
+    last_stored_ms: u64,
     bytes: i64,
     last_by_subject: HashMap<String, u64>,
     recent_ids: HashMap<String, u64>,
@@ -106,12 +111,14 @@ impl MemStream {
             self.last_by_subject.insert(msg.subject.clone(), seq);
         }
         self.bytes += msg.payload.len() as i64;
+        self.last_stored_ms = self.last_stored_ms.max(wall_clock_ms());
         self.messages.insert(
             seq,
             Stored {
                 subject: msg.subject,
                 payload: msg.payload,
                 appended: now,
+                stored_ms: self.last_stored_ms,
             },
         );
         self.enforce_limits(now);
@@ -200,8 +207,16 @@ fn delivered(seq: u64, stored: &Stored, pending: u64) -> Delivered {
         subject: stored.subject.clone(),
         payload: stored.payload.clone(),
         pending,
+        stored_ms: stored.stored_ms,
         ack: Acker::None,
     }
+}
+
+/// Now, in ms since the epoch.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl EventLog for MemoryLog {
@@ -215,6 +230,7 @@ impl EventLog for MemoryLog {
                     spec,
                     messages: BTreeMap::new(),
                     last_seq: self.base_seq,
+                    last_stored_ms: 0,
                     bytes: 0,
                     last_by_subject: HashMap::new(),
                     recent_ids: HashMap::new(),
