@@ -118,7 +118,7 @@ pub(crate) async fn fold_events(
         labels: CustomerLabels::default(),
         sweep_due,
         node,
-        log_clock_ahead_ms: 0,
+        log_clock_ahead_ms: std::collections::VecDeque::with_capacity(CLOCK_SAMPLES),
     };
     let stream = subjects.events_stream();
     let mut backoff = Duration::from_millis(100);
@@ -196,22 +196,33 @@ struct Runtime {
     sweep_due: watch::Sender<Option<Millis>>,
     /// This aggregator's node id: the ticks it wrote tell how far its clock is from the log's.
     node: NodeId,
-    /// How far the log's clock is ahead of this machine's, as of the newest own tick folded.
-    log_clock_ahead_ms: i64,
+    /// How far the log's clock was ahead of this machine's (plus the append's latency) for
+    /// the newest own ticks folded.
+    log_clock_ahead_ms: std::collections::VecDeque<i64>,
 }
+
+/// Own ticks whose offsets are kept: the smallest of them has the least append latency in it.
+const CLOCK_SAMPLES: usize = 16;
 
 impl Runtime {
     /// Learns the log's clock from a tick this aggregator wrote (stamped by its own clock).
     fn observe_own_tick(&mut self, event: &Event, stored: Millis) {
         let tick = matches!(event.body, EventBody::Tick | EventBody::MetricsTick);
         if tick && event.node == self.node {
-            self.log_clock_ahead_ms = stored.0 as i64 - event.at.0 as i64;
+            if self.log_clock_ahead_ms.len() == CLOCK_SAMPLES {
+                self.log_clock_ahead_ms.pop_front();
+            }
+            self.log_clock_ahead_ms
+                .push_back(stored.0 as i64 - event.at.0 as i64);
         }
     }
 
-    /// A time of the log's clock by this machine's clock.
+    /// A time of the log's clock by this machine's clock. The smallest recent offset is the
+    /// one with the least latency: a tick sent at the converted time is stored at or after
+    /// the log time asked for.
     fn local(&self, log_time: Millis) -> Millis {
-        Millis(log_time.0.saturating_add_signed(-self.log_clock_ahead_ms))
+        let ahead = self.log_clock_ahead_ms.iter().copied().min().unwrap_or(0);
+        Millis(log_time.0.saturating_add_signed(-ahead))
     }
 }
 
@@ -248,7 +259,7 @@ async fn fold_until_interrupted(
             };
             match Event::decode(&delivered.payload) {
                 Ok(event) => {
-                    let stored = Millis(delivered.stored_ms);
+                    let stored = state.presence.log_time(Millis(delivered.stored_ms));
                     saved.observe_own_tick(&event, stored);
                     let event = in_log_time(event, stored);
                     metrics::counter!("presence_events_consumed_total", "kind" => event.kind())

@@ -6,7 +6,7 @@
 //! it an [`EventLog`] (JetStream in a cluster, in-memory in `presence standalone`).
 
 mod consumer;
-pub mod event_time;
+mod event_time;
 mod pairs;
 pub mod sessions;
 pub mod state;

@@ -59,6 +59,10 @@ pub struct PresenceState {
     /// Recently closed connections and when they closed: late messages of theirs are ignored.
     closed: HashMap<ConnId, Millis>,
     last_seq: u64,
+    /// The log's time of the newest event folded: event times never go backwards, even when
+    /// the log's clock does (a new stream leader on a machine whose clock is behind).
+    #[serde(default)]
+    last_at: Millis,
     stats: PresenceStats,
     /// No connection goes silent for the timeout before this (event time); `None` without
     /// connections. It may be early (a beat or a leave since), never late.
@@ -99,6 +103,7 @@ impl PresenceState {
             conns: HashMap::new(),
             closed: HashMap::new(),
             last_seq: 0,
+            last_at: Millis(0),
             stats: PresenceStats::default(),
             next_sweep_due: None,
         }
@@ -125,6 +130,13 @@ impl PresenceState {
     /// Sequence of the last event folded in (0 before any).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The time to fold an event the log stored at `stored` with: `stored`, or the newest
+    /// time folded so far if the log's clock went back.
+    pub fn log_time(&mut self, stored: Millis) -> Millis {
+        self.last_at = self.last_at.max(stored);
+        self.last_at
     }
 
     /// When the next connection may go silent for the heartbeat timeout (event time): a tick

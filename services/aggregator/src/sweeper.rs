@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Deadline ticks come at most this often.
 pub(crate) const MIN_TICK_SPACING: Duration = Duration::from_millis(250);
-/// A deadline tick is appended this long after the deadline, so the tick's time (this
-/// process's clock) is past it.
+/// A deadline tick is sent this long after the deadline (converted to this machine's clock
+/// by the fold, from the offsets of its own ticks), so the time the log stores it with is
+/// past the deadline.
 const DEADLINE_GRACE: Duration = Duration::from_millis(20);
 
 pub(crate) async fn publish_ticks(

@@ -41,10 +41,11 @@ pub use crate::active_users::RateLimitConfig;
 pub use crate::config::{EdgeConfig, EdgeError, JwtAlgorithm};
 pub use crate::presence::VisibilityPolicy;
 
-use crate::active_users::ActiveUsers;
+use crate::active_users::{ActiveUsers, ActiveUsersSettings};
 use crate::http_auth::HttpAuth;
 use crate::ingress::Ingress;
 use crate::presence::{Authenticator, Presence, PresenceSettings};
+use crate::wire::Announcements;
 
 /// The edge role.
 pub struct Edge {
@@ -106,6 +107,7 @@ impl Edge {
             );
         }
         let beat_flush = Duration::from_millis(config.beat_flush_ms);
+        let announcements = Announcements::default();
         let ingress = Ingress::start(
             log.clone(),
             subjects.clone(),
@@ -121,6 +123,7 @@ impl Edge {
             policy: config.visibility_rules.clone(),
             socket_buffer: config.socket_buffer as usize,
             store: store.clone(),
+            announcements: announcements.clone(),
         };
         let (presence, socket_io) = Presence::start(
             settings,
@@ -133,8 +136,11 @@ impl Edge {
         );
         let presence = Arc::new(presence);
         let active_users = ActiveUsers::start(
-            &config.rate_limits,
-            Duration::from_millis(config.ws_auth_timeout_ms),
+            ActiveUsersSettings {
+                limits: &config.rate_limits,
+                auth_timeout: Duration::from_millis(config.ws_auth_timeout_ms),
+                announcements: announcements.clone(),
+            },
             &ingress,
             log.clone(),
             subjects.clone(),
@@ -155,6 +161,7 @@ impl Edge {
                 auth,
                 presence: presence.clone(),
                 hub: active_users.hub.clone(),
+                announcements,
                 store,
             },
             log,

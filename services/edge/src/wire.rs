@@ -5,11 +5,14 @@
 //! dashboard lists. Their JSON shapes are the documented protocol (`docs/api.md`); changing a
 //! field here changes it for every client.
 
+use std::sync::Arc;
+
 use presence_events::{
     Details, Millis, PresenceChange, SessionId, Status, TenantId, TenantMetrics, UserId,
     format_rfc3339,
 };
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 /// What clients receive about one user: the `presence-update` payload and each entry of a
 /// `presence:query` answer.
@@ -105,6 +108,66 @@ impl TenantPresence {
         Self {
             tenant: change.tenant.clone(),
             presence: PresenceUpdate::from_change(change),
+        }
+    }
+}
+
+/// What this edge announces to whoever watches all of it (the operators' dashboard): every
+/// presence change its view takes in and every metrics tick, in the order they happen here,
+/// each encoded once for all watchers. Nothing is encoded while nobody watches.
+#[derive(Clone)]
+pub(crate) struct Announcements {
+    tx: broadcast::Sender<Announcement>,
+}
+
+/// One announcement: its kind (`presence` or `metrics`) and its JSON.
+#[derive(Debug, Clone)]
+pub(crate) struct Announcement {
+    pub(crate) kind: &'static str,
+    pub(crate) json: Arc<str>,
+}
+
+impl Default for Announcements {
+    fn default() -> Self {
+        // A watcher this far behind is told so and starts over.
+        Self {
+            tx: broadcast::channel(1_024).0,
+        }
+    }
+}
+
+impl Announcements {
+    /// Announcements from now on.
+    pub(crate) fn watch(&self) -> broadcast::Receiver<Announcement> {
+        self.tx.subscribe()
+    }
+
+    /// A user's presence changed.
+    pub(crate) fn presence(&self, change: &PresenceChange) {
+        self.announce("presence", || TenantPresence::from_change(change));
+    }
+
+    /// A customer's metrics ticked.
+    pub(crate) fn metrics(&self, data: &MetricsData) {
+        self.announce("metrics", || data);
+    }
+
+    fn announce<T: Serialize>(&self, kind: &'static str, value: impl FnOnce() -> T) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        match serde_json::to_string(&value()) {
+            Ok(json) => {
+                let _ = self.tx.send(Announcement {
+                    kind,
+                    json: json.into(),
+                });
+            }
+            Err(e) => {
+                metrics::counter!("presence_encode_failures_total", "what" => "dashboard")
+                    .increment(1);
+                tracing::error!(error = %e, kind, "cannot encode an announcement");
+            }
         }
     }
 }

@@ -138,7 +138,8 @@ impl Cli {
     /// settings; exits with clap's message on a bad one.
     pub(crate) fn parse_and_print() -> Self {
         let matches = Self::command().get_matches();
-        let cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let cli = Self::from_arg_matches(&matches)
+            .unwrap_or_else(|e| e.format(&mut Self::command()).exit());
         cli.print_settings(&matches);
         cli
     }

@@ -151,7 +151,7 @@ pub(crate) async fn run(
             // own time is kept for the timeline.
             Ok(e) => {
                 let written = e.at;
-                let stored = Millis(delivered.stored_ms);
+                let stored = fold.presence.log_time(Millis(delivered.stored_ms));
                 (presence_aggregator::in_log_time(e, stored), written)
             }
             Err(e) => {

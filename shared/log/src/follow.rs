@@ -16,8 +16,6 @@ use crate::{Delivered, EventLog, StartAt};
 /// One decoded message of a followed stream.
 #[derive(Debug)]
 pub struct Latest<T> {
-    /// Stream sequence.
-    pub seq: u64,
     /// Messages still waiting behind this one (how far the reader is behind).
     pub pending: u64,
     /// The decoded value.
@@ -116,7 +114,6 @@ impl<T, E: Display> LatestFeed<T, E> {
     fn decoded(&self, delivered: Delivered) -> Option<Latest<T>> {
         match (self.decode)(&delivered.payload) {
             Ok(value) => Some(Latest {
-                seq: delivered.seq,
                 pending: delivered.pending,
                 value,
             }),

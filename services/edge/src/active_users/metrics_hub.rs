@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 
-use crate::wire::{MetricsData, ServerMessage};
+use crate::wire::{Announcements, MetricsData, ServerMessage};
 
 /// Values kept per customer for the charts: ten minutes of default 5 s ticks.
 pub(crate) const HISTORY_POINTS: usize = 120;
@@ -67,26 +67,20 @@ impl Customers {
 }
 
 /// Latest metrics per customer and their subscribers.
+#[derive(Default)]
 pub(crate) struct MetricsHub {
     customers: RwLock<Customers>,
-    /// Every customer's ticks, for whoever watches them all (the dashboard).
-    ticks: broadcast::Sender<MetricsData>,
-}
-
-impl Default for MetricsHub {
-    fn default() -> Self {
-        Self {
-            customers: RwLock::default(),
-            // A watcher this far behind starts over from a snapshot.
-            ticks: broadcast::channel(1_024).0,
-        }
-    }
+    /// Told of every customer's ticks (the dashboard).
+    announcements: Announcements,
 }
 
 impl MetricsHub {
-    /// Every customer's ticks from now on.
-    pub(crate) fn watch_ticks(&self) -> broadcast::Receiver<MetricsData> {
-        self.ticks.subscribe()
+    /// A hub that announces every tick to `announcements`.
+    pub(crate) fn new(announcements: Announcements) -> Self {
+        Self {
+            customers: RwLock::default(),
+            announcements,
+        }
     }
 
     /// Frames of every future tick of `tenant`.
@@ -167,9 +161,7 @@ impl MetricsHub {
             }
             history.push_back(Point::from(&data));
         }
-        if self.ticks.receiver_count() > 0 {
-            let _ = self.ticks.send(data.clone());
-        }
+        self.announcements.metrics(&data);
         customer.latest = Some(data);
         let receivers = frame.map_or(0, |frame| customer.updates.send(frame).unwrap_or(0));
         if history_added {

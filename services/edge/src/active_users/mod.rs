@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
+use crate::wire::Announcements;
 
 pub(crate) use metrics_hub::{CustomerHistory, MetricsHub};
 pub use rate_limit::RateLimitConfig;
@@ -43,6 +44,15 @@ struct ActiveUsersContext {
     shutdown: CancellationToken,
 }
 
+/// How active users are set up on this edge.
+pub(crate) struct ActiveUsersSettings<'a> {
+    pub(crate) limits: &'a RateLimitConfig,
+    /// Time a WebSocket has to authenticate.
+    pub(crate) auth_timeout: Duration,
+    /// Told of every metrics tick.
+    pub(crate) announcements: Announcements,
+}
+
 /// Active users, started: their routes, and the hub the operators' dashboard reads.
 pub(crate) struct ActiveUsers {
     pub(crate) hub: Arc<MetricsHub>,
@@ -52,15 +62,14 @@ pub(crate) struct ActiveUsers {
 impl ActiveUsers {
     /// Starts following the metrics stream of `log`, and forgetting idle clients, on `tasks`.
     pub(crate) fn start(
-        limits: &RateLimitConfig,
-        auth_timeout: Duration,
+        settings: ActiveUsersSettings<'_>,
         ingress: &Ingress,
         log: Arc<dyn EventLog>,
         subjects: Subjects,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
-        let hub = Arc::new(MetricsHub::default());
+        let hub = Arc::new(MetricsHub::new(settings.announcements));
         let ticks = LatestFeed::new("metrics", subjects.metrics_stream(), TenantMetrics::decode);
         let taker = hub.clone();
         tasks.spawn(ticks.keep(log, shutdown.clone(), move |t| taker.update(&t.value)));
@@ -69,8 +78,8 @@ impl ActiveUsers {
             beats: ingress.beats.clone(),
             beat_flush: ingress.beat_flush,
             hub: hub.clone(),
-            limits: RateLimits::new(limits),
-            auth_timeout,
+            limits: RateLimits::new(settings.limits),
+            auth_timeout: settings.auth_timeout,
             shutdown: shutdown.clone(),
         });
         tasks.spawn(forget_idle_clients(cx.clone(), shutdown));

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use presence_events::{BeatEntry, ConnId, EventBody, Millis, SessionBeatEntry, TabKey};
-use presence_log::{Outgoing, publish_all_durable};
+use presence_log::publish_all_durable;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -157,12 +157,17 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
         let mut beats: Vec<BeatEntry> = pending.conns.drain().map(|(_, entry)| entry).collect();
         beats.sort_unstable_by_key(|b| b.conn);
         metrics::histogram!("presence_beat_batch_connections").record(beats.len() as f64);
-        messages.extend(beats.chunks(MAX_BEATS_PER_MESSAGE).map(|chunk| {
-            publisher.message(EventBody::Beat {
+        let bodies = beats
+            .chunks(MAX_BEATS_PER_MESSAGE)
+            .map(|chunk| EventBody::Beat {
                 beats: chunk.to_vec(),
-            })
-        }));
+            });
+        // An unencodable batch is counted and logged where it is encoded; its beats are lost
+        // and the connections are swept unless they beat again.
+        messages.extend(bodies.filter_map(|body| publisher.message(body).ok()));
     }
+    // The tab beats' waiters are told whether the tab beats were stored.
+    let mut tabs_unencodable = false;
     if !pending.tabs.is_empty() {
         let beats: Vec<SessionBeatEntry> = pending
             .tabs
@@ -174,28 +179,27 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
                 at,
             })
             .collect();
-        messages.extend(beats.chunks(MAX_BEATS_PER_MESSAGE).map(|chunk| {
-            publisher.message(EventBody::SessionBeat {
+        for chunk in beats.chunks(MAX_BEATS_PER_MESSAGE) {
+            let body = EventBody::SessionBeat {
                 beats: chunk.to_vec(),
-            })
-        }));
-    }
-    let unencodable = messages.iter().any(Result::is_err);
-    let messages: Vec<Outgoing> = messages.into_iter().filter_map(Result::ok).collect();
-    if messages.is_empty() {
-        // Every waiting beat was superseded by its tab's leave (nothing is left to store),
-        // unless a batch could not be encoded (counted and logged where it was encoded).
-        for waiter in waiters {
-            let _ = waiter.send(!unencodable);
+            };
+            match publisher.message(body) {
+                Ok(message) => messages.push(message),
+                Err(_) => tabs_unencodable = true,
+            }
         }
-        return;
     }
-    let published = publish_all_durable(publisher.log(), &messages, shutdown).await && !unencodable;
-    let outcome = if published { "ok" } else { "abandoned" };
-    metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => outcome)
-        .increment(messages.len() as u64);
+    let published =
+        messages.is_empty() || publish_all_durable(publisher.log(), &messages, shutdown).await;
+    if !messages.is_empty() {
+        let outcome = if published { "ok" } else { "abandoned" };
+        metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => outcome)
+            .increment(messages.len() as u64);
+    }
+    // With no message at all, every waiting beat was superseded by its tab's leave: nothing
+    // was left to store.
     for waiter in waiters {
-        let _ = waiter.send(published);
+        let _ = waiter.send(published && !tabs_unencodable);
     }
 }
 

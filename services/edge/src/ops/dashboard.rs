@@ -59,52 +59,24 @@ pub(super) async fn stream(
     metrics::counter!("presence_dashboard_streams_total").increment(1);
     // Subscribed before the snapshot is taken, so nothing falls between the two; what is in
     // both is applied twice, to the same effect.
-    let changes = updates(cx.presence.watch_changes(), |change| {
-        event("presence", &TenantPresence::from_change(&change))
-    });
-    let ticks = updates(cx.hub.watch_ticks(), |data| event("metrics", &data));
+    let announcements = cx.announcements.watch();
     let snapshot = snapshot(&cx);
     let first = futures::stream::once(async move { Ok(snapshot) });
+    let live = futures::stream::unfold(announcements, |mut announcements| async move {
+        let event = match announcements.recv().await {
+            Ok(a) => Event::default().event(a.kind).data(&*a.json),
+            // The page reconnects and starts over from a snapshot.
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").data(missed.to_string())
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), announcements))
+    });
     let stream = first
-        .chain(futures::stream::select(changes, ticks))
+        .chain(live)
         .take_until(cx.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// The events of one watched feed, until it closes. A watcher that falls behind is told so
-/// and the page starts over from a snapshot.
-fn updates<T: Clone + Send + 'static>(
-    rx: broadcast::Receiver<T>,
-    to_event: fn(T) -> Option<Event>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            let event = match rx.recv().await {
-                Ok(value) => match to_event(value) {
-                    Some(event) => event,
-                    None => continue,
-                },
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    Event::default().event("lagged").data(missed.to_string())
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            return Some((Ok(event), rx));
-        }
-    })
-}
-
-/// A named event with a JSON body; a body that cannot be encoded is counted, logged and
-/// skipped.
-fn event<T: Serialize>(kind: &'static str, value: &T) -> Option<Event> {
-    match Event::default().event(kind).json_data(value) {
-        Ok(event) => Some(event),
-        Err(e) => {
-            metrics::counter!("presence_encode_failures_total", "what" => "dashboard").increment(1);
-            tracing::error!(error = %e, kind, "cannot encode a dashboard event");
-            None
-        }
-    }
 }
 
 fn snapshot(cx: &OpsContext) -> Event {
@@ -115,6 +87,12 @@ fn snapshot(cx: &OpsContext) -> Event {
         online_count,
         users,
     };
-    event("snapshot", &snapshot)
-        .unwrap_or_else(|| Event::default().event("error").data("snapshot unavailable"))
+    match Event::default().event("snapshot").json_data(&snapshot) {
+        Ok(event) => event,
+        Err(e) => {
+            metrics::counter!("presence_encode_failures_total", "what" => "dashboard").increment(1);
+            tracing::error!(error = %e, "cannot encode a dashboard snapshot");
+            Event::default().event("error").data("snapshot unavailable")
+        }
+    }
 }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::active_users::MetricsHub;
 use crate::http_auth::HttpAuth;
 use crate::presence::Presence;
+use crate::wire::Announcements;
 use cluster::ClusterFigures;
 
 /// What the operators' handlers read.
@@ -29,6 +30,7 @@ struct OpsContext {
     auth: Arc<HttpAuth>,
     presence: Arc<Presence>,
     hub: Arc<MetricsHub>,
+    announcements: Announcements,
     cluster: Arc<ClusterFigures>,
     store: Option<Store>,
     /// Ends the dashboard streams when the edge shuts down.
@@ -41,6 +43,8 @@ pub(crate) struct OpsSources {
     pub(crate) auth: Arc<HttpAuth>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) hub: Arc<MetricsHub>,
+    /// What the dashboard streams.
+    pub(crate) announcements: Announcements,
     pub(crate) store: Option<Store>,
 }
 
@@ -61,6 +65,7 @@ pub(crate) fn start(
         auth: sources.auth,
         presence: sources.presence,
         hub: sources.hub,
+        announcements: sources.announcements,
         cluster,
         store: sources.store,
         shutdown,

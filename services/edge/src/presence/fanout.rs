@@ -17,12 +17,12 @@ use presence_events::{PresenceChange, Subjects};
 use presence_log::{EventLog, LatestFeed};
 use presence_telemetry::Readiness;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::visibility::audience_room;
 use super::{LocalConnections, PresenceView};
-use crate::wire::PresenceUpdate;
+use crate::wire::{Announcements, PresenceUpdate};
 
 /// Most changes emitted as one batch: it bounds how long the emitter runs without yielding.
 const MAX_BATCH: usize = 32;
@@ -38,8 +38,8 @@ pub(super) struct FanOut {
     pub(super) io: SocketIo,
     pub(super) readiness: Readiness,
     pub(super) local: Arc<LocalConnections>,
-    /// Told of every change the view takes in, when anyone listens (the dashboard).
-    pub(super) watchers: broadcast::Sender<PresenceChange>,
+    /// Told of every change the view takes in (the dashboard).
+    pub(super) announcements: Announcements,
     /// When viewers with a full buffer were last logged.
     pub(super) last_full_warning: Mutex<Option<Instant>>,
 }
@@ -77,9 +77,7 @@ impl FanOut {
                             .set(latest.pending as f64);
                         let change = latest.value;
                         if this.view.apply(&change) {
-                            if this.watchers.receiver_count() > 0 {
-                                let _ = this.watchers.send(change.clone());
-                            }
+                            this.announcements.presence(&change);
                             // The emitter only stops once this side has.
                             let _ = tx.send(change).await;
                         }

@@ -23,17 +23,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use presence_auth::Identity;
-use presence_events::{PresenceChange, Subjects, TenantId, ViewerClass};
+use presence_events::{Subjects, TenantId, ViewerClass};
 use presence_log::EventLog;
 use presence_store::Store;
 use presence_telemetry::Readiness;
 use socketioxide::SocketIo;
 use socketioxide::layer::SocketIoLayer;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
+use crate::wire::Announcements;
 use directory::Directory;
 
 pub(crate) use handshake::Authenticator;
@@ -50,6 +50,8 @@ pub(crate) struct PresenceSettings {
     pub(crate) socket_buffer: usize,
     /// Where connected users are recorded, if anywhere.
     pub(crate) store: Option<Store>,
+    /// Told of every change the view takes in.
+    pub(crate) announcements: Announcements,
 }
 
 /// Socket.io presence, started: what the HTTP API and the operators' endpoints read.
@@ -57,8 +59,6 @@ pub(crate) struct Presence {
     pub(crate) view: Arc<PresenceView>,
     pub(crate) local: Arc<LocalConnections>,
     pub(crate) policy: VisibilityPolicy,
-    /// Every change the view takes in, for whoever watches (the dashboard).
-    changes: broadcast::Sender<PresenceChange>,
     io: SocketIo,
     /// Set when the edge drains: closing sockets then appends no leaves.
     draining: Arc<AtomicBool>,
@@ -91,9 +91,6 @@ impl SocketContext {
             .clone()
     }
 }
-
-/// Dashboard watchers that fall this far behind start over from a snapshot.
-const WATCH_BUFFER: usize = 1_024;
 
 impl Presence {
     /// Installs the Socket.io namespace and starts the fan-out from `log` on `tasks`. The
@@ -135,7 +132,6 @@ impl Presence {
                 rooms: Mutex::default(),
             }),
         );
-        let changes = broadcast::channel(WATCH_BUFFER).0;
         tasks.spawn(
             fanout::FanOut {
                 log,
@@ -144,7 +140,7 @@ impl Presence {
                 io: io.clone(),
                 readiness,
                 local: local.clone(),
-                watchers: changes.clone(),
+                announcements: settings.announcements,
                 last_full_warning: Mutex::default(),
             }
             .run(shutdown),
@@ -153,16 +149,10 @@ impl Presence {
             view,
             local,
             policy: settings.policy,
-            changes,
             io,
             draining,
         };
         (presence, layer)
-    }
-
-    /// Every change from now on, as the view takes it in.
-    pub(crate) fn watch_changes(&self) -> broadcast::Receiver<PresenceChange> {
-        self.changes.subscribe()
     }
 
     /// Closes every socket *without* appending their leaves. Clients reconnect through the
