@@ -262,6 +262,8 @@ async fn fold_until_interrupted(
                     let stored = state.presence.log_time(Millis(delivered.stored_ms));
                     saved.observe_own_tick(&event, stored);
                     let event = in_log_time(event, stored);
+                    // Redelivered events are folded as no-ops.
+                    let fresh = delivered.seq > state.presence.last_seq();
                     metrics::counter!("presence_events_consumed_total", "kind" => event.kind())
                         .increment(1);
                     for metrics in state.active.apply(delivered.seq, &event) {
@@ -273,6 +275,9 @@ async fn fold_until_interrupted(
                         ));
                     }
                     let tick = matches!(event.body, EventBody::Tick);
+                    if tick && fresh {
+                        metrics::counter!("presence_sweeps_total").increment(1);
+                    }
                     for change in state.presence.apply(delivered.seq, &event) {
                         metrics::counter!("presence_changes_total", "cause" => change.cause.as_str())
                             .increment(1);
@@ -366,6 +371,8 @@ fn record_stats(state: &PresenceState) {
     metrics::gauge!("presence_online_users").set(stats.online_users as f64);
     metrics::gauge!("presence_peak_online_users").set(stats.peak_online as f64);
     metrics::gauge!("presence_folded_sequence").set(state.last_seq() as f64);
+    // The fold counts them (and keeps the count in its snapshot): the counter follows it.
+    metrics::counter!("presence_swept_connections_total").absolute(stats.total_swepts);
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 mod consumer;
 mod event_time;
+mod metric_families;
 mod pairs;
 pub mod sessions;
 pub mod state;
@@ -94,6 +95,7 @@ impl Aggregator {
 
     /// Starts folding and sweeping on `tasks`; both stop when `shutdown` is cancelled.
     pub fn start(self, tasks: &TaskTracker, shutdown: CancellationToken) {
+        metric_families::register();
         let fold = consumer::Fold {
             presence: PresenceState::new(self.config.heartbeat_timeout_ms),
             active: ActiveUsers::new(self.config.session_ttl_ms, self.config.ema_alpha),

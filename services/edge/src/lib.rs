@@ -20,6 +20,7 @@ mod config;
 mod http_auth;
 mod http_error;
 mod ingress;
+mod metric_families;
 mod ops;
 mod presence;
 mod wire;
@@ -100,6 +101,7 @@ impl Edge {
             node,
             store,
         } = self;
+        metric_families::register();
         let verifier = config.verifier(environment)?;
         if config.allow_insecure_userid && !config.insecure(environment) {
             tracing::warn!(

@@ -51,9 +51,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
-    /// Marks ready or not ready.
+    /// Marks ready or not ready (also exported as the `presence_ready` gauge).
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
+        metrics::gauge!("presence_ready").set(if ready { 1.0 } else { 0.0 });
     }
 
     /// Whether ready.
@@ -84,6 +85,11 @@ pub async fn serve_admin(
         .await
         .map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
+    metrics::describe_gauge!(
+        "presence_ready",
+        "1 while the role is ready for traffic (as /readyz answers), else 0"
+    );
+    readiness.set(readiness.is_ready());
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/livez", get(async || "ok"))
