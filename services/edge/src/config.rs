@@ -34,6 +34,12 @@ pub struct EdgeConfig {
     /// PEM file with the RSA public key of RS256 tokens.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Issuer (`iss`) tokens must name; any when unset.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Audience (`aud`) tokens must name; not checked when unset.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Accept `auth: { userId, gender }` without a token (only with PRESENCE_ENV=development).
     #[arg(long, env = "SOCKET_ALLOW_INSECURE_USERID", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_insecure_userid: bool,
@@ -87,11 +93,11 @@ impl EdgeConfig {
     /// The token verifier of this configuration; `None` only where tokens are not needed
     /// (HS256 without a secret, in development with insecure user ids allowed).
     pub(crate) fn verifier(&self, environment: Environment) -> Result<Option<Verifier>, EdgeError> {
-        match self.jwt_algorithm {
+        let verifier = match self.jwt_algorithm {
             JwtAlgorithm::Hs256 if !self.jwt_secret.is_set() && self.insecure(environment) => {
-                Ok(None)
+                return Ok(None);
             }
-            JwtAlgorithm::Hs256 => Ok(Some(Verifier::hs256(self.jwt_secret.expose().as_bytes())?)),
+            JwtAlgorithm::Hs256 => Verifier::hs256(self.jwt_secret.expose().as_bytes())?,
             JwtAlgorithm::Rs256 => {
                 let path = self
                     .jwt_public_key_file
@@ -99,9 +105,13 @@ impl EdgeConfig {
                     .ok_or(EdgeError::NoPublicKey)?;
                 let pem =
                     std::fs::read(&path).map_err(|source| EdgeError::KeyFile { path, source })?;
-                Ok(Some(Verifier::rs256_pem(&pem)?))
+                Verifier::rs256_pem(&pem)?
             }
-        }
+        };
+        Ok(Some(verifier.expecting(
+            self.jwt_issuer.as_deref(),
+            self.jwt_audience.as_deref(),
+        )))
     }
 
     /// Whether `auth: { userId }` handshakes are accepted: in development, when allowed.

@@ -69,7 +69,12 @@ pub(crate) fn register() {
         "presence_directory_write_failures_total",
         "Directory writes to PostgreSQL that failed"
     );
+    describe_counter!(
+        "presence_connections_expired_total",
+        "Sockets closed because their token expired"
+    );
     for name in [
+        "presence_connections_expired_total",
         "presence_connections_handed_over_total",
         "presence_heartbeats_received_total",
         "presence_fanout_changes_total",
@@ -122,6 +127,9 @@ fn register_rejections() {
     for reason in [
         "missing",
         "expired",
+        "not_yet_valid",
+        "too_large",
+        "wrong_issuer_or_audience",
         "invalid",
         "bad_payload",
         "no_verifier",

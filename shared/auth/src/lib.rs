@@ -1,6 +1,7 @@
 //! Authentication of clients: JWT verification (HS256 with a shared secret or RS256 with a
-//! public key, the algorithm pinned, `exp` enforced) into an [`Identity`] the rest of the
-//! system trusts. Also issues tokens, for development and tests.
+//! public key, the algorithm pinned, `exp` enforced, `nbf` whenever present, `iss` and `aud`
+//! when configured, the size bounded) into an [`Identity`] the rest of the system trusts.
+//! Also issues tokens, for development and tests.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use presence_events::{IdError, TenantId, UserId, ViewerClass};
@@ -28,7 +29,20 @@ pub struct Claims {
     /// `service` for backends allowed to act for users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Not valid before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
+
+/// Longest token accepted, in bytes: real tokens are a few hundred; a larger one is refused
+/// before it is decoded.
+pub const MAX_TOKEN_BYTES: usize = 4096;
 
 /// Who a verified client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +57,9 @@ pub struct Identity {
     pub username: Option<String>,
     /// Whether it is a backend service rather than a person.
     pub service: bool,
+    /// When its token expires (`exp`, seconds since the epoch); `None` without a token
+    /// (development's insecure user ids).
+    pub expires_at: Option<u64>,
 }
 
 impl Identity {
@@ -61,6 +78,7 @@ impl Identity {
             class: ViewerClass::from_gender(gender),
             username: None,
             service: false,
+            expires_at: None,
         })
     }
 }
@@ -74,6 +92,18 @@ pub enum AuthError {
     /// Past `exp`.
     #[error("invalid token: expired, get a new one")]
     Expired,
+    /// Before `nbf`.
+    #[error("invalid token: not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// Another issuer than the one configured.
+    #[error("invalid token: issuer (iss) not accepted")]
+    WrongIssuer,
+    /// Another audience than the one configured.
+    #[error("invalid token: audience (aud) not accepted")]
+    WrongAudience,
+    /// Over [`MAX_TOKEN_BYTES`].
+    #[error("invalid token: longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
     /// Signature does not verify.
     #[error("invalid token: signature does not verify")]
     BadSignature,
@@ -130,6 +160,9 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
+        validation.validate_nbf = true;
+        // Checked only when an audience is configured (`expecting`).
+        validation.validate_aud = false;
         Self {
             key,
             validation,
@@ -137,14 +170,34 @@ impl Verifier {
         }
     }
 
+    /// Also requires `iss` to be `issuer` and `aud` to name `audience`, where given.
+    pub fn expecting(mut self, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+            self.validation.required_spec_claims.insert("iss".into());
+        }
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            self.validation.validate_aud = true;
+            self.validation.required_spec_claims.insert("aud".into());
+        }
+        self
+    }
+
     /// Verifies a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.trim().is_empty() {
             return Err(AuthError::Missing);
         }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(self.algorithm),
                 ErrorKind::MissingRequiredClaim(claim) => {
@@ -161,6 +214,7 @@ impl Verifier {
         )?;
         identity.username = claims.username.or(claims.name);
         identity.service = claims.role.as_deref() == Some("service");
+        identity.expires_at = Some(claims.exp);
         Ok(identity)
     }
 }
@@ -228,6 +282,67 @@ mod tests {
         assert_eq!(
             Verifier::hs256(SECRET).unwrap().verify(&token),
             Err(AuthError::WrongAlgorithm("HS256"))
+        );
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_and_one_valid_now_passes() {
+        let verifier = Verifier::hs256(SECRET).unwrap();
+        let mut later = claims("ayse", in_an_hour());
+        later.nbf = Some(jsonwebtoken::get_current_timestamp() + 3_600);
+        let token = sign_hs256(&later, SECRET).unwrap();
+        assert_eq!(verifier.verify(&token), Err(AuthError::NotYetValid));
+        later.nbf = Some(jsonwebtoken::get_current_timestamp() - 60);
+        let token = sign_hs256(&later, SECRET).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().expires_at, Some(later.exp));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let verifier = Verifier::hs256(SECRET)
+            .unwrap()
+            .expecting(Some("https://id.example"), Some("presence"));
+        let mut good = claims("ayse", in_an_hour());
+        good.iss = Some("https://id.example".into());
+        good.aud = Some("presence".into());
+        assert!(verifier.verify(&sign_hs256(&good, SECRET).unwrap()).is_ok());
+        let mut wrong_aud = good.clone();
+        wrong_aud.aud = Some("billing".into());
+        assert_eq!(
+            verifier.verify(&sign_hs256(&wrong_aud, SECRET).unwrap()),
+            Err(AuthError::WrongAudience)
+        );
+        let mut wrong_iss = good.clone();
+        wrong_iss.iss = Some("https://evil.example".into());
+        assert_eq!(
+            verifier.verify(&sign_hs256(&wrong_iss, SECRET).unwrap()),
+            Err(AuthError::WrongIssuer)
+        );
+        let mut no_aud = good;
+        no_aud.aud = None;
+        assert!(matches!(
+            verifier.verify(&sign_hs256(&no_aud, SECRET).unwrap()),
+            Err(AuthError::Malformed(_))
+        ));
+        // Unconfigured, an audience in the token is not held against it.
+        let mut any_aud = claims("ayse", in_an_hour());
+        any_aud.aud = Some("anything".into());
+        assert!(
+            Verifier::hs256(SECRET)
+                .unwrap()
+                .verify(&sign_hs256(&any_aud, SECRET).unwrap())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_oversized_token_is_refused_before_decoding() {
+        let mut huge = claims("ayse", in_an_hour());
+        huge.username = Some("x".repeat(MAX_TOKEN_BYTES));
+        let token = sign_hs256(&huge, SECRET).unwrap();
+        assert_eq!(
+            Verifier::hs256(SECRET).unwrap().verify(&token),
+            Err(AuthError::TooLarge)
         );
     }
 

@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use presence_auth::Identity;
 use presence_events::{ConnId, UserKey};
+use socketioxide::socket::Sid;
 
 /// One authenticated socket, kept in the socket's extensions and in each of its handlers.
 #[derive(Clone)]
 pub(super) struct Connection {
+    /// The socket.
+    pub(super) sid: Sid,
     pub(super) identity: Arc<Identity>,
     pub(super) conn: ConnId,
     /// The audience rooms the socket joined (one per class of users it may see).
@@ -26,9 +29,10 @@ const OPENED: u8 = 1;
 const CLOSED: u8 = 2;
 
 impl Connection {
-    /// A new connection of `identity` that joins `rooms`.
-    pub(super) fn new(identity: Identity, rooms: Arc<[String]>) -> Self {
+    /// A new connection of `identity` on socket `sid` that joins `rooms`.
+    pub(super) fn new(sid: Sid, identity: Identity, rooms: Arc<[String]>) -> Self {
         Self {
+            sid,
             identity: Arc::new(identity),
             conn: ConnId::new(),
             rooms,
@@ -62,7 +66,7 @@ mod tests {
 
     fn connection() -> Connection {
         let identity = Identity::from_claims("ayse", Some("female"), None).unwrap();
-        Connection::new(identity, Arc::from(Vec::new()))
+        Connection::new(Sid::new(), identity, Arc::from(Vec::new()))
     }
 
     #[test]

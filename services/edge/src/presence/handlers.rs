@@ -1,6 +1,8 @@
 //! What a connected socket may do: `user:heartbeat`, `user:status` (acked once the event is
 //! durable), `presence:query` (acked with the presence of each user asked for, visibility
-//! applied), and what happens when it disconnects (a `leave`, unless the edge drains).
+//! applied), `auth:refresh` (a fresh token for the same user, so the connection outlives the
+//! first one's `exp`), and what happens when it disconnects (a `leave`, unless the edge
+//! drains).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +24,11 @@ struct StatusRequest {
     status: String,
     #[serde(default)]
     details: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RefreshRequest {
+    token: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +83,17 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
             let (cx, sn) = (cx.clone(), sn.clone());
             async move {
                 let _ = ack.send(&cx.query(&sn, request.ok()));
+            }
+        },
+    );
+
+    let (cx, sn) = (context.clone(), connection.clone());
+    s.on(
+        "auth:refresh",
+        move |TryData(request): TryData<RefreshRequest>, ack: AckSender| {
+            let (cx, sn) = (cx.clone(), sn.clone());
+            async move {
+                let _ = ack.send(&cx.refresh(&sn, request.ok()));
             }
         },
     );
@@ -163,7 +181,31 @@ impl SocketContext {
         )
     }
 
+    /// A fresh token for the same user: the connection lives until its `exp`.
+    fn refresh(&self, sn: &Connection, request: Option<RefreshRequest>) -> Ack {
+        const EVENT: &str = "auth:refresh";
+        let Some(request) = request else {
+            return refuse(EVENT, "bad_payload", "expected {token: \"<JWT>\"}".into());
+        };
+        let identity = match self.auth.verify(&request.token) {
+            Ok(identity) => identity,
+            Err(e) => return refuse(EVENT, "invalid_token", e.to_string()),
+        };
+        if identity.tenant != sn.identity.tenant || identity.user != sn.identity.user {
+            return refuse(
+                EVENT,
+                "other_user",
+                "the new token names another user: a connection keeps its user".into(),
+            );
+        }
+        if let Some(exp) = identity.expires_at {
+            self.expiry.track(sn.sid, exp);
+        }
+        Ack::ok()
+    }
+
     async fn on_disconnect(&self, sn: &Connection, reason: DisconnectReason) {
+        self.expiry.forget(sn.sid);
         if sn.close() {
             self.local.closed(&sn.key(), &sn.rooms);
         }

@@ -57,6 +57,11 @@ impl HandshakeError {
         match self {
             HandshakeError::Auth(AuthError::Missing) => "missing",
             HandshakeError::Auth(AuthError::Expired) => "expired",
+            HandshakeError::Auth(AuthError::NotYetValid) => "not_yet_valid",
+            HandshakeError::Auth(AuthError::TooLarge) => "too_large",
+            HandshakeError::Auth(AuthError::WrongIssuer | AuthError::WrongAudience) => {
+                "wrong_issuer_or_audience"
+            }
             HandshakeError::Auth(_) => "invalid",
             HandshakeError::BadPayload => "bad_payload",
             HandshakeError::NoVerifier => "no_verifier",
@@ -67,6 +72,15 @@ impl HandshakeError {
 }
 
 impl Authenticator {
+    /// Verifies a token sent on a live connection (`auth:refresh`).
+    pub(super) fn verify(&self, token: &str) -> Result<Identity, HandshakeError> {
+        Ok(self
+            .verifier
+            .as_ref()
+            .ok_or(HandshakeError::NoVerifier)?
+            .verify(token)?)
+    }
+
     fn authenticate(&self, auth: Option<HandshakeAuth>) -> Result<Identity, HandshakeError> {
         let auth = auth.ok_or(HandshakeError::BadPayload)?;
         match (auth.token, auth.user_id) {
@@ -118,7 +132,7 @@ async fn admit(
 ) -> Result<(), HandshakeError> {
     let identity = cx.auth.authenticate(auth)?;
     let rooms = cx.audience_rooms(&identity);
-    let connection = Connection::new(identity, rooms);
+    let connection = Connection::new(s.id, identity, rooms);
     let id = &connection.identity;
     let join = EventBody::Join {
         tenant: id.tenant.clone(),
@@ -132,6 +146,9 @@ async fn admit(
     }
     if let Some(directory) = &cx.directory {
         directory.saw(id);
+    }
+    if let Some(exp) = connection.identity.expires_at {
+        cx.expiry.track(connection.sid, exp);
     }
     s.join(connection.rooms.to_vec());
     super::handlers::install(&cx, s, &connection);

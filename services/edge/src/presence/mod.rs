@@ -10,6 +10,7 @@
 
 mod connection;
 mod directory;
+mod expiry;
 mod fanout;
 mod handlers;
 mod handshake;
@@ -35,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
 use crate::wire::Announcements;
 use directory::Directory;
+use expiry::TokenExpiry;
 
 pub(crate) use handshake::Authenticator;
 pub(crate) use registry::LocalConnections;
@@ -74,6 +76,8 @@ struct SocketContext {
     policy: VisibilityPolicy,
     local: Arc<LocalConnections>,
     draining: Arc<AtomicBool>,
+    /// When each socket's token expires.
+    expiry: Arc<TokenExpiry>,
     /// Audience rooms per (tenant, viewer class), computed once.
     rooms: Mutex<AudienceRooms>,
 }
@@ -118,6 +122,11 @@ impl Presence {
         let directory = settings
             .store
             .map(|store| Directory::start(store, tasks, shutdown.clone()));
+        let expiry = Arc::new(TokenExpiry::default());
+        {
+            let (expiry, io, shutdown) = (expiry.clone(), io.clone(), shutdown.clone());
+            tasks.spawn(async move { expiry.close_expired(io, shutdown).await });
+        }
         handshake::register(
             &io,
             Arc::new(SocketContext {
@@ -129,6 +138,7 @@ impl Presence {
                 policy: settings.policy.clone(),
                 local: local.clone(),
                 draining: draining.clone(),
+                expiry,
                 rooms: Mutex::default(),
             }),
         );
