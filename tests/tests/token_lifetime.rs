@@ -1,10 +1,11 @@
 //! Token lifetime on live connections: a socket is closed (told `auth:expired`) when its
 //! token's `exp` passes, unless the client sent `auth:refresh` with a fresh token for the same
-//! user; `nbf` is checked, `aud` when configured, and an oversized token is refused.
+//! user; `nbf` is checked, `aud` when configured, and an oversized token is refused. Keys
+//! chosen by `kid` rotate from a reloaded key file, without a restart or a disconnect.
 
 use std::time::Duration;
 
-use presence_auth::{Claims, sign_hs256};
+use presence_auth::{Claims, sign_hs256, sign_hs256_with_kid};
 use presence_e2e::{Deployment, Mode, SECRET, connect, expect_update, metric_total, now_secs};
 use presence_sio_client::{SioClient, SioError};
 use serde_json::json;
@@ -162,4 +163,91 @@ async fn tokens_not_yet_valid_oversized_or_for_another_audience_are_refused() {
         let series = format!("presence_handshakes_rejected_total{{reason=\"{reason}\"}} 1");
         assert!(text.contains(&series), "{series} not counted:\n{text}");
     }
+}
+
+/// A JSON Web Key Set of HS256 keys: `(kid, base64url of the secret)`.
+fn key_set(keys: &[(&str, &str)]) -> String {
+    let keys: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|(kid, k)| json!({"kty": "oct", "kid": kid, "k": k}))
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+const ONE: (&str, &[u8], &str) = (
+    "k1",
+    b"rotation-key-one-0123456789abcdef",
+    "cm90YXRpb24ta2V5LW9uZS0wMTIzNDU2Nzg5YWJjZGVm",
+);
+const TWO: (&str, &[u8], &str) = (
+    "k2",
+    b"rotation-key-two-0123456789abcdef",
+    "cm90YXRpb24ta2V5LXR3by0wMTIzNDU2Nzg5YWJjZGVm",
+);
+const THREE: (&str, &[u8], &str) = (
+    "k3",
+    b"rotation-key-three-0123456789abcd",
+    "cm90YXRpb24ta2V5LXRocmVlLTAxMjM0NTY3ODlhYmNk",
+);
+
+fn token_of(key: (&str, &[u8], &str), user: &str) -> String {
+    sign_hs256_with_kid(&claims(user, now_secs() + 3600), key.1, key.0).expect("signing")
+}
+
+#[tokio::test]
+async fn keys_rotate_by_kid_from_the_key_file_without_a_restart_or_a_disconnect() {
+    let file = std::env::temp_dir().join(format!("presence-keys-{}.json", uuid::Uuid::now_v7()));
+    std::fs::write(&file, key_set(&[(ONE.0, ONE.2), (TWO.0, TWO.2)])).unwrap();
+    let d = Deployment::start(
+        Mode::Standalone,
+        &[("JWT_KEYS_FILE", file.display().to_string())],
+    )
+    .await
+    .unwrap();
+    let mut live = connect_with(&d.a, token_of(ONE, "ayse")).await.unwrap();
+    live.start_heartbeat(Duration::from_millis(500));
+    assert!(
+        refusal(connect_with(&d.a, token_of(THREE, "ali")).await).contains("\"k3\""),
+        "k3 is not configured yet"
+    );
+
+    // Rotation: k1 retired, k3 added.
+    std::fs::write(&file, key_set(&[(TWO.0, TWO.2), (THREE.0, THREE.2)])).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let rotated = loop {
+        match connect_with(&d.a, token_of(THREE, "ali")).await {
+            Ok(client) => break client,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("k3 was not accepted after the key file changed: {e}"),
+        }
+    };
+    let retired = refusal(connect_with(&d.a, token_of(ONE, "ali")).await);
+    assert!(
+        retired.contains("key id \"k1\" is not (or no longer) accepted"),
+        "{retired}"
+    );
+    assert!(connect_with(&d.a, token_of(TWO, "veli")).await.is_ok());
+    // The connection admitted with the retired key lives on until its own exp.
+    let ack = live
+        .emit_with_ack("presence:query", json!({"userIds": ["ali"]}), WAIT)
+        .await
+        .expect("the connection of the retired key was closed by the rotation");
+    assert_eq!(ack["presence"][0]["online"], true, "{ack}");
+
+    // A broken key file is refused and the keys in use stay.
+    std::fs::write(&file, "{not json").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(connect_with(&d.a, token_of(THREE, "zeynep")).await.is_ok());
+    let errors = presence_e2e::http("GET", &format!("{}/metrics", d.edge_admin(0)), &[], None)
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        errors.contains("presence_key_reloads_total{outcome=\"error\"} 1"),
+        "{errors}"
+    );
+    drop(rotated);
+    let _ = std::fs::remove_file(&file);
 }

@@ -34,6 +34,10 @@ pub struct EdgeConfig {
     /// PEM file with the RSA public key of RS256 tokens.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// JSON Web Key Set of keys chosen by a token's `kid` (HS256 `oct`, RS256 `RSA`), reloaded
+    /// when the file changes: keys rotate without a restart.
+    #[arg(long, env = "JWT_KEYS_FILE")]
+    pub jwt_keys_file: Option<PathBuf>,
     /// Issuer (`iss`) tokens must name; any when unset.
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -90,24 +94,38 @@ pub enum EdgeError {
 }
 
 impl EdgeConfig {
-    /// The token verifier of this configuration; `None` only where tokens are not needed
-    /// (HS256 without a secret, in development with insecure user ids allowed).
+    /// The token verifier of this configuration: the configured key for tokens without a
+    /// `kid`, and the keys of `JWT_KEYS_FILE` by `kid`. `None` only where tokens are not
+    /// needed (no key at all, in development with insecure user ids allowed).
     pub(crate) fn verifier(&self, environment: Environment) -> Result<Option<Verifier>, EdgeError> {
-        let verifier = match self.jwt_algorithm {
-            JwtAlgorithm::Hs256 if !self.jwt_secret.is_set() && self.insecure(environment) => {
-                return Ok(None);
-            }
-            JwtAlgorithm::Hs256 => Verifier::hs256(self.jwt_secret.expose().as_bytes())?,
-            JwtAlgorithm::Rs256 => {
-                let path = self
-                    .jwt_public_key_file
-                    .clone()
-                    .ok_or(EdgeError::NoPublicKey)?;
-                let pem =
-                    std::fs::read(&path).map_err(|source| EdgeError::KeyFile { path, source })?;
-                Verifier::rs256_pem(&pem)?
-            }
+        let default = match self.jwt_algorithm {
+            JwtAlgorithm::Hs256 if !self.jwt_secret.is_set() => None,
+            JwtAlgorithm::Hs256 => Some(Verifier::hs256(self.jwt_secret.expose().as_bytes())?),
+            JwtAlgorithm::Rs256 => match &self.jwt_public_key_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| EdgeError::KeyFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    Some(Verifier::rs256_pem(&pem)?)
+                }
+                None if self.jwt_keys_file.is_some() => None,
+                None => return Err(EdgeError::NoPublicKey),
+            },
         };
+        let verifier = match (default, &self.jwt_keys_file) {
+            (Some(verifier), _) => verifier,
+            (None, Some(_)) => Verifier::keyed_only(),
+            (None, None) if self.insecure(environment) => return Ok(None),
+            (None, None) => return Err(KeyError::EmptySecret.into()),
+        };
+        if let Some(path) = &self.jwt_keys_file {
+            let jwks = std::fs::read(path).map_err(|source| EdgeError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            verifier.replace_keys(&jwks)?;
+        }
         Ok(Some(verifier.expecting(
             self.jwt_issuer.as_deref(),
             self.jwt_audience.as_deref(),

@@ -20,6 +20,7 @@ mod config;
 mod http_auth;
 mod http_error;
 mod ingress;
+mod keys;
 mod metric_families;
 mod ops;
 mod presence;
@@ -103,6 +104,13 @@ impl Edge {
         } = self;
         metric_families::register();
         let verifier = config.verifier(environment)?;
+        if let (Some(path), Some(verifier)) = (&config.jwt_keys_file, &verifier) {
+            tasks.spawn(keys::watch(
+                path.clone(),
+                verifier.clone(),
+                shutdown.clone(),
+            ));
+        }
         if config.allow_insecure_userid && !config.insecure(environment) {
             tracing::warn!(
                 "SOCKET_ALLOW_INSECURE_USERID is ignored outside PRESENCE_ENV=development"

@@ -130,6 +130,7 @@ fn register_rejections() {
         "not_yet_valid",
         "too_large",
         "wrong_issuer_or_audience",
+        "unknown_key",
         "invalid",
         "bad_payload",
         "no_verifier",
@@ -217,6 +218,13 @@ fn register_rejections() {
     );
     for feed in ["changes", "metrics", "stats"] {
         metrics::counter!("presence_feed_rejected_total", "feed" => feed).absolute(0);
+    }
+    describe_counter!(
+        "presence_key_reloads_total",
+        "Reloads of JWT_KEYS_FILE, by outcome"
+    );
+    for outcome in ["ok", "error"] {
+        metrics::counter!("presence_key_reloads_total", "outcome" => outcome).absolute(0);
     }
     describe_counter!(
         "presence_encode_failures_total",

@@ -118,6 +118,7 @@ Settings (env var, or the flag in `presence <role> --help`):
   JWT_ALGORITHM                  HS256 | RS256                           [HS256]
   JWT_PUBLIC_KEY_FILE            RSA public key (PEM) for RS256
   JWT_ISSUER, JWT_AUDIENCE       iss / aud tokens must carry             [not checked]
+  JWT_KEYS_FILE                  JWKS of keys by kid, reloaded on change
   PRESENCE_ENV                   development | production                [production]
   SOCKET_ALLOW_INSECURE_USERID   auth {userId} in development only       [false]
   PRESENCE_NODE_ID               node name on events                     [<role>-<pid>]

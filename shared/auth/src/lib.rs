@@ -3,6 +3,10 @@
 //! when configured, the size bounded) into an [`Identity`] the rest of the system trusts.
 //! Also issues tokens, for development and tests.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use presence_events::{IdError, TenantId, UserId, ViewerClass};
 use serde::{Deserialize, Serialize};
@@ -104,6 +108,12 @@ pub enum AuthError {
     /// Over [`MAX_TOKEN_BYTES`].
     #[error("invalid token: longer than {MAX_TOKEN_BYTES} bytes")]
     TooLarge,
+    /// Its `kid` names no key accepted now (never configured, or retired by a rotation).
+    #[error("invalid token: key id {0:?} is not (or no longer) accepted")]
+    UnknownKey(String),
+    /// No `kid`, and no key for tokens without one.
+    #[error("invalid token: no key id (kid) in its header")]
+    NoKeyId,
     /// Signature does not verify.
     #[error("invalid token: signature does not verify")]
     BadSignature,
@@ -127,14 +137,33 @@ pub enum KeyError {
     /// The PEM could not be read as an RSA public key.
     #[error("not an RSA public key in PEM form: {0}")]
     BadPem(String),
+    /// The key set is not a usable JWKS.
+    #[error("not a usable key set (JWKS, {{\"keys\": [...]}}): {0}")]
+    BadKeySet(String),
 }
 
-/// Verifies tokens with one key and one pinned algorithm.
+/// A verification key and the one algorithm it verifies.
+#[derive(Clone)]
+struct Key {
+    key: DecodingKey,
+    algorithm: Algorithm,
+    name: &'static str,
+}
+
+/// Keys by `kid`.
+type KeysById = HashMap<String, Key>;
+
+/// Verifies tokens: with the key of their `kid` (from a key set that can be replaced while
+/// running, for rotation), or with the one configured key for tokens without a `kid`. Each
+/// key pins its algorithm. Clones share the key set, so a rotation reaches all of them.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    /// The key of tokens without a `kid`.
+    default: Option<Key>,
+    /// Keys by `kid`, replaced whole.
+    keyed: Arc<RwLock<Arc<KeysById>>>,
+    /// What every token must satisfy; the algorithm is set per key.
     validation: Validation,
-    algorithm: &'static str,
 }
 
 impl Verifier {
@@ -143,30 +172,39 @@ impl Verifier {
         if secret.is_empty() {
             return Err(KeyError::EmptySecret);
         }
-        Ok(Self::new(
-            DecodingKey::from_secret(secret),
-            Algorithm::HS256,
-            "HS256",
-        ))
+        Ok(Self::new(Some(Key {
+            key: DecodingKey::from_secret(secret),
+            algorithm: Algorithm::HS256,
+            name: "HS256",
+        })))
     }
 
     /// RS256 with an RSA public key in PEM form.
     pub fn rs256_pem(pem: &[u8]) -> Result<Self, KeyError> {
         let key = DecodingKey::from_rsa_pem(pem).map_err(|e| KeyError::BadPem(e.to_string()))?;
-        Ok(Self::new(key, Algorithm::RS256, "RS256"))
+        Ok(Self::new(Some(Key {
+            key,
+            algorithm: Algorithm::RS256,
+            name: "RS256",
+        })))
     }
 
-    fn new(key: DecodingKey, algorithm: Algorithm, name: &'static str) -> Self {
-        let mut validation = Validation::new(algorithm);
+    /// Only the keys of a key set (see [`Verifier::replace_keys`]): every token needs a `kid`.
+    pub fn keyed_only() -> Self {
+        Self::new(None)
+    }
+
+    fn new(default: Option<Key>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
         validation.validate_nbf = true;
         // Checked only when an audience is configured (`expecting`).
         validation.validate_aud = false;
         Self {
-            key,
+            default,
+            keyed: Arc::default(),
             validation,
-            algorithm: name,
         }
     }
 
@@ -184,6 +222,55 @@ impl Verifier {
         self
     }
 
+    /// Replaces the keys chosen by `kid` with those of `jwks` (a JSON Web Key Set: `oct` keys
+    /// verify HS256, `RSA` keys RS256, or the `alg` a key names); returns how many there are
+    /// now. A key left out is retired: tokens naming it are refused from now on, while
+    /// connections admitted with it live on until their token's `exp`. On an error the keys
+    /// in use stay as they were.
+    pub fn replace_keys(&self, jwks: &[u8]) -> Result<usize, KeyError> {
+        let set: JwkSet =
+            serde_json::from_slice(jwks).map_err(|e| KeyError::BadKeySet(e.to_string()))?;
+        let mut keys = KeysById::new();
+        for jwk in &set.keys {
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .ok_or_else(|| KeyError::BadKeySet("a key without \"kid\"".into()))?;
+            let (algorithm, name) = match (&jwk.algorithm, jwk.common.key_algorithm) {
+                (AlgorithmParameters::OctetKey(_), None | Some(KeyAlgorithm::HS256)) => {
+                    (Algorithm::HS256, "HS256")
+                }
+                (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => {
+                    (Algorithm::RS256, "RS256")
+                }
+                _ => {
+                    return Err(KeyError::BadKeySet(format!(
+                        "key {kid:?}: only oct (HS256) and RSA (RS256) keys are accepted"
+                    )));
+                }
+            };
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| KeyError::BadKeySet(format!("key {kid:?}: {e}")))?;
+            if keys
+                .insert(
+                    kid.clone(),
+                    Key {
+                        key,
+                        algorithm,
+                        name,
+                    },
+                )
+                .is_some()
+            {
+                return Err(KeyError::BadKeySet(format!("key id {kid:?} appears twice")));
+            }
+        }
+        let count = keys.len();
+        *self.keyed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(count)
+    }
+
     /// Verifies a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.trim().is_empty() {
@@ -192,20 +279,40 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(self.algorithm),
-                ErrorKind::MissingRequiredClaim(claim) => {
-                    AuthError::Malformed(format!("missing claim '{claim}'"))
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let keyed;
+        let key = match &header.kid {
+            Some(kid) => {
+                keyed = self.keyed.read().unwrap_or_else(|e| e.into_inner()).clone();
+                match keyed.get(kid) {
+                    Some(key) => key,
+                    // A kid the operator never configured, with only one key: that key.
+                    None if keyed.is_empty() && self.default.is_some() => {
+                        self.default.as_ref().ok_or(AuthError::NoKeyId)?
+                    }
+                    None => return Err(AuthError::UnknownKey(kid.clone())),
                 }
-                _ => AuthError::Malformed(e.to_string()),
-            },
-        )?;
+            }
+            None => self.default.as_ref().ok_or(AuthError::NoKeyId)?,
+        };
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![key.algorithm];
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(key.name),
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        AuthError::Malformed(format!("missing claim '{claim}'"))
+                    }
+                    _ => AuthError::Malformed(e.to_string()),
+                }
+            })?;
         let claims = data.claims;
         let mut identity = Identity::from_claims(
             &claims.sub,
@@ -226,6 +333,17 @@ pub fn sign_hs256(claims: &Claims, secret: &[u8]) -> Result<String, jsonwebtoken
         claims,
         &EncodingKey::from_secret(secret),
     )
+}
+
+/// Issues an HS256 token naming key `kid` (a key of a rotated key set).
+pub fn sign_hs256_with_kid(
+    claims: &Claims,
+    secret: &[u8],
+    kid: &str,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret))
 }
 
 #[cfg(test)]
@@ -343,6 +461,82 @@ mod tests {
         assert_eq!(
             Verifier::hs256(SECRET).unwrap().verify(&token),
             Err(AuthError::TooLarge)
+        );
+    }
+
+    fn jwks(keys: &[(&str, &[u8])]) -> Vec<u8> {
+        use base64::Engine;
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(kid, secret)| {
+                serde_json::json!({
+                    "kty": "oct",
+                    "kid": kid,
+                    "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_verified_with_the_key_their_kid_names_and_a_retired_key_is_refused() {
+        let verifier = Verifier::keyed_only();
+        assert_eq!(
+            verifier
+                .replace_keys(&jwks(&[("k1", b"one-secret"), ("k2", b"two-secret")]))
+                .unwrap(),
+            2
+        );
+        let with = |kid: &str, secret: &[u8]| {
+            sign_hs256_with_kid(&claims("ayse", in_an_hour()), secret, kid).unwrap()
+        };
+        assert!(verifier.verify(&with("k1", b"one-secret")).is_ok());
+        assert!(verifier.verify(&with("k2", b"two-secret")).is_ok());
+        // The right kid with another key's secret is a forgery.
+        assert_eq!(
+            verifier.verify(&with("k1", b"two-secret")),
+            Err(AuthError::BadSignature)
+        );
+        // Without a kid there is no key to use.
+        let plain = sign_hs256(&claims("ayse", in_an_hour()), b"one-secret").unwrap();
+        assert_eq!(verifier.verify(&plain), Err(AuthError::NoKeyId));
+
+        // Rotation: k1 retired, k3 added; the clone (another holder) sees it too.
+        let holder = verifier.clone();
+        verifier
+            .replace_keys(&jwks(&[("k2", b"two-secret"), ("k3", b"three-secret")]))
+            .unwrap();
+        assert_eq!(
+            holder.verify(&with("k1", b"one-secret")),
+            Err(AuthError::UnknownKey("k1".into()))
+        );
+        assert!(holder.verify(&with("k3", b"three-secret")).is_ok());
+        // A broken key set changes nothing.
+        assert!(
+            verifier
+                .replace_keys(b"{\"keys\": [{\"kty\": \"oct\"}]}")
+                .is_err()
+        );
+        assert!(verifier.replace_keys(b"not json").is_err());
+        assert!(holder.verify(&with("k2", b"two-secret")).is_ok());
+    }
+
+    #[test]
+    fn a_configured_secret_verifies_tokens_without_a_kid_beside_a_key_set() {
+        let verifier = Verifier::hs256(SECRET).unwrap();
+        let plain = sign_hs256(&claims("ayse", in_an_hour()), SECRET).unwrap();
+        // A kid nobody configured, while there is no key set: the one key.
+        let named = sign_hs256_with_kid(&claims("ayse", in_an_hour()), SECRET, "any").unwrap();
+        assert!(verifier.verify(&plain).is_ok());
+        assert!(verifier.verify(&named).is_ok());
+        verifier
+            .replace_keys(&jwks(&[("k1", b"one-secret")]))
+            .unwrap();
+        assert!(verifier.verify(&plain).is_ok());
+        assert_eq!(
+            verifier.verify(&named),
+            Err(AuthError::UnknownKey("any".into()))
         );
     }
 

@@ -62,6 +62,7 @@ impl HandshakeError {
             HandshakeError::Auth(AuthError::WrongIssuer | AuthError::WrongAudience) => {
                 "wrong_issuer_or_audience"
             }
+            HandshakeError::Auth(AuthError::UnknownKey(_) | AuthError::NoKeyId) => "unknown_key",
             HandshakeError::Auth(_) => "invalid",
             HandshakeError::BadPayload => "bad_payload",
             HandshakeError::NoVerifier => "no_verifier",
