@@ -61,6 +61,10 @@ pub struct EdgeConfig {
     /// Slots are allocated as they fill: an idle connection costs the same at any size.
     #[arg(long, env = "PRESENCE_SOCKET_BUFFER", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub socket_buffer: u64,
+    /// Socket.io connections one user may have open on one edge (tabs and devices); the next
+    /// is refused with `connect_error` "too many connections for this user".
+    #[arg(long, env = "PRESENCE_MAX_CONNECTIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_connections_per_user: u32,
     /// Rate limits of the active-users endpoints.
     #[command(flatten)]
     pub rate_limits: RateLimitConfig,

@@ -132,6 +132,7 @@ impl Edge {
             },
             policy: config.visibility_rules.clone(),
             socket_buffer: config.socket_buffer as usize,
+            max_connections_per_user: config.max_connections_per_user,
             store: store.clone(),
             announcements: announcements.clone(),
         };

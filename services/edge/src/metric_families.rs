@@ -131,6 +131,7 @@ fn register_rejections() {
         "too_large",
         "wrong_issuer_or_audience",
         "unknown_key",
+        "too_many_connections",
         "invalid",
         "bad_payload",
         "no_verifier",

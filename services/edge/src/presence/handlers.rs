@@ -206,8 +206,9 @@ impl SocketContext {
 
     async fn on_disconnect(&self, sn: &Connection, reason: DisconnectReason) {
         self.expiry.forget(sn.sid);
+        self.local.release_user(&sn.key());
         if sn.close() {
-            self.local.closed(&sn.key(), &sn.rooms);
+            self.local.closed(&sn.rooms);
         }
         if self.draining.load(Ordering::Acquire) {
             // Handed over: the client reconnects elsewhere; the connection is swept if not.

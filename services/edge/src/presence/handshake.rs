@@ -50,6 +50,8 @@ pub(super) enum HandshakeError {
     InsecureDisabled,
     #[error("presence is unavailable right now; retry shortly")]
     Unavailable,
+    #[error("too many connections for this user (at most {0}): close one first")]
+    TooManyConnections(u32),
 }
 
 impl HandshakeError {
@@ -68,6 +70,7 @@ impl HandshakeError {
             HandshakeError::NoVerifier => "no_verifier",
             HandshakeError::InsecureDisabled => "insecure_disabled",
             HandshakeError::Unavailable => "unavailable",
+            HandshakeError::TooManyConnections(_) => "too_many_connections",
         }
     }
 }
@@ -120,7 +123,7 @@ pub(super) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
         if let Some(connection) = s.extensions.get::<Connection>()
             && connection.open()
         {
-            local.opened(connection.key(), &connection.rooms);
+            local.opened(&connection.rooms);
         }
     };
     io.ns("/", opened.with(admit));
@@ -134,6 +137,14 @@ async fn admit(
     let identity = cx.auth.authenticate(auth)?;
     let rooms = cx.audience_rooms(&identity);
     let connection = Connection::new(s.id, identity, rooms);
+    if !cx
+        .local
+        .admit_user(connection.key(), cx.max_connections_per_user)
+    {
+        return Err(HandshakeError::TooManyConnections(
+            cx.max_connections_per_user,
+        ));
+    }
     let id = &connection.identity;
     let join = EventBody::Join {
         tenant: id.tenant.clone(),
@@ -143,6 +154,7 @@ async fn admit(
     };
     if let Err(e) = cx.publisher.publish(join).await {
         tracing::warn!(error = %e, "could not append a join; refusing the connection");
+        cx.local.release_user(&connection.key());
         return Err(HandshakeError::Unavailable);
     }
     if let Some(directory) = &cx.directory {

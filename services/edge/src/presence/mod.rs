@@ -50,6 +50,8 @@ pub(crate) struct PresenceSettings {
     pub(crate) policy: VisibilityPolicy,
     /// Packets queued per connection before updates to it are dropped.
     pub(crate) socket_buffer: usize,
+    /// Socket.io connections one user may have open on this edge.
+    pub(crate) max_connections_per_user: u32,
     /// Where connected users are recorded, if anywhere.
     pub(crate) store: Option<Store>,
     /// Told of every change the view takes in.
@@ -78,6 +80,8 @@ struct SocketContext {
     draining: Arc<AtomicBool>,
     /// When each socket's token expires.
     expiry: Arc<TokenExpiry>,
+    /// Socket.io connections one user may have open on this edge.
+    max_connections_per_user: u32,
     /// Audience rooms per (tenant, viewer class), computed once.
     rooms: Mutex<AudienceRooms>,
 }
@@ -139,6 +143,7 @@ impl Presence {
                 local: local.clone(),
                 draining: draining.clone(),
                 expiry,
+                max_connections_per_user: settings.max_connections_per_user,
                 rooms: Mutex::default(),
             }),
         );
