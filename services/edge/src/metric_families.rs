@@ -4,7 +4,8 @@
 //! series at 0). Families whose labels are open-ended (HTTP status of an API error) start with
 //! the values the edge answers with.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics::{describe_counter, describe_histogram};
+use presence_telemetry::{zero_counter, zero_counters, zero_gauges};
 
 /// Kinds of events an edge appends.
 const EVENT_KINDS: [&str; 8] = [
@@ -18,75 +19,78 @@ const EVENT_KINDS: [&str; 8] = [
     "session_leave",
 ];
 
+/// Why the active-users protocol refuses input (WebSocket frames and HTTP bodies alike).
+const INPUT_ERRORS: [&str; 5] = [
+    "invalid_json",
+    "too_large",
+    "missing_field",
+    "invalid_field",
+    "unknown_type",
+];
+
 /// Registers every family at zero, with its help text.
 pub(crate) fn register() {
-    describe_gauge!(
+    const TRANSPORTS: &[&str] = &["socketio", "websocket"];
+    zero_gauges(
         "presence_connections",
-        "Open client connections on this edge"
+        "Open client connections on this edge",
+        "transport",
+        TRANSPORTS,
     );
-    describe_counter!(
+    zero_counters(
         "presence_connections_opened_total",
-        "Client connections admitted"
+        "Client connections admitted",
+        "transport",
+        TRANSPORTS,
     );
-    for transport in ["socketio", "websocket"] {
-        metrics::gauge!("presence_connections", "transport" => transport).set(0.0);
-        metrics::counter!("presence_connections_opened_total", "transport" => transport)
-            .absolute(0);
+    for (name, help) in [
+        (
+            "presence_connections_expired_total",
+            "Sockets closed because their token expired",
+        ),
+        (
+            "presence_connections_handed_over_total",
+            "Sockets closed by a drain without a leave",
+        ),
+        (
+            "presence_heartbeats_received_total",
+            "Socket.io heartbeats received",
+        ),
+        (
+            "presence_fanout_changes_total",
+            "Presence changes read from the changes stream and emitted",
+        ),
+        (
+            "presence_fanout_batches_total",
+            "Batches of changes emitted back to back",
+        ),
+        (
+            "presence_fanout_deliveries_total",
+            "Presence updates handed to sockets",
+        ),
+        (
+            "presence_metrics_updates_delivered_total",
+            "metrics:update frames handed to active-users WebSockets",
+        ),
+        (
+            "presence_dashboard_streams_total",
+            "Dashboard event streams opened",
+        ),
+        (
+            "presence_directory_dropped_total",
+            "Connected users not recorded in the directory (its writer was behind)",
+        ),
+        (
+            "presence_directory_write_failures_total",
+            "Directory writes to PostgreSQL that failed",
+        ),
+    ] {
+        zero_counter(name, help);
     }
-    describe_counter!(
-        "presence_connections_handed_over_total",
-        "Sockets closed by a drain without a leave"
-    );
-    describe_counter!(
-        "presence_heartbeats_received_total",
-        "Socket.io heartbeats received"
-    );
     describe_histogram!(
         "presence_beat_batch_connections",
         "Connections in one appended beat batch"
     );
-    describe_counter!(
-        "presence_fanout_changes_total",
-        "Presence changes read from the changes stream and emitted"
-    );
-    describe_counter!(
-        "presence_fanout_batches_total",
-        "Batches of changes emitted back to back"
-    );
-    describe_counter!(
-        "presence_metrics_updates_delivered_total",
-        "metrics:update frames handed to active-users WebSockets"
-    );
-    describe_counter!(
-        "presence_dashboard_streams_total",
-        "Dashboard event streams opened"
-    );
-    describe_counter!(
-        "presence_directory_dropped_total",
-        "Connected users not recorded in the directory (its writer was behind)"
-    );
-    describe_counter!(
-        "presence_directory_write_failures_total",
-        "Directory writes to PostgreSQL that failed"
-    );
-    describe_counter!(
-        "presence_connections_expired_total",
-        "Sockets closed because their token expired"
-    );
-    for name in [
-        "presence_connections_expired_total",
-        "presence_connections_handed_over_total",
-        "presence_heartbeats_received_total",
-        "presence_fanout_changes_total",
-        "presence_fanout_batches_total",
-        "presence_fanout_deliveries_total",
-        "presence_metrics_updates_delivered_total",
-        "presence_dashboard_streams_total",
-        "presence_directory_dropped_total",
-        "presence_directory_write_failures_total",
-    ] {
-        metrics::counter!(name).absolute(0);
-    }
     describe_counter!(
         "presence_events_published_total",
         "Events appended to the log, by kind and outcome"
@@ -99,47 +103,42 @@ pub(crate) fn register() {
     }
     metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => "abandoned")
         .absolute(0);
-    describe_counter!(
-        "presence_fanout_deliveries_total",
-        "Presence updates handed to sockets"
-    );
-    describe_counter!(
+    zero_counters(
         "presence_fanout_send_failures_total",
-        "Presence updates a socket did not get, by reason"
+        "Presence updates a socket did not get, by reason",
+        "reason",
+        &["closed", "full", "other"],
     );
-    for reason in ["closed", "full", "other"] {
-        metrics::counter!("presence_fanout_send_failures_total", "reason" => reason).absolute(0);
-    }
-    describe_gauge!(
+    zero_gauges(
         "presence_consumer_lag_messages",
-        "Messages a reader of the log is behind"
+        "Messages a reader of the log is behind",
+        "consumer",
+        &["fanout"],
     );
-    metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout").set(0.0);
     register_rejections();
 }
 
 /// Every refusal the edge counts, by the reasons it gives.
 fn register_rejections() {
-    describe_counter!(
+    zero_counters(
         "presence_handshakes_rejected_total",
-        "Socket.io handshakes refused, by reason"
+        "Socket.io handshakes refused, by reason",
+        "reason",
+        &[
+            "missing",
+            "expired",
+            "not_yet_valid",
+            "too_large",
+            "wrong_issuer_or_audience",
+            "unknown_key",
+            "too_many_connections",
+            "invalid",
+            "bad_payload",
+            "no_verifier",
+            "insecure_disabled",
+            "unavailable",
+        ],
     );
-    for reason in [
-        "missing",
-        "expired",
-        "not_yet_valid",
-        "too_large",
-        "wrong_issuer_or_audience",
-        "unknown_key",
-        "too_many_connections",
-        "invalid",
-        "bad_payload",
-        "no_verifier",
-        "insecure_disabled",
-        "unavailable",
-    ] {
-        metrics::counter!("presence_handshakes_rejected_total", "reason" => reason).absolute(0);
-    }
     describe_counter!(
         "presence_socket_rejected_total",
         "Socket.io events answered {ok: false}, by event and reason"
@@ -158,80 +157,74 @@ fn register_rejections() {
             "presence:query",
             &["bad_payload", "too_many", "bad_user_id"][..],
         ),
+        (
+            "auth:refresh",
+            &["bad_payload", "invalid_token", "other_user"][..],
+        ),
     ] {
         for reason in reasons {
             metrics::counter!("presence_socket_rejected_total", "event" => event, "reason" => *reason)
                 .absolute(0);
         }
     }
-    let input_errors = [
-        "invalid_json",
-        "too_large",
-        "missing_field",
-        "invalid_field",
-        "unknown_type",
-    ];
-    describe_counter!(
+    let ws_reasons: Vec<&'static str> = INPUT_ERRORS
+        .into_iter()
+        .chain([
+            "binary_not_supported",
+            "not_authenticated",
+            "already_authenticated",
+        ])
+        .collect();
+    zero_counters(
         "presence_ws_rejected_total",
-        "Active-users WebSocket frames refused, by reason"
+        "Active-users WebSocket frames refused, by reason",
+        "reason",
+        &ws_reasons,
     );
-    for reason in input_errors.iter().chain(&[
-        "binary_not_supported",
-        "not_authenticated",
-        "already_authenticated",
-    ]) {
-        metrics::counter!("presence_ws_rejected_total", "reason" => *reason).absolute(0);
-    }
-    describe_counter!(
+    zero_counters(
         "presence_ws_closed_total",
-        "Active-users WebSockets closed by the edge, by close code"
+        "Active-users WebSockets closed by the edge, by close code",
+        "code",
+        &["1001", "1008", "1009", "1011", "4408", "4429"],
     );
-    for code in ["1001", "1008", "1009", "1011", "4408", "4429"] {
-        metrics::counter!("presence_ws_closed_total", "code" => code).absolute(0);
-    }
     describe_counter!(
         "presence_http_rejected_total",
         "Active-users HTTP requests refused, by endpoint and reason"
     );
     for endpoint in ["join", "beat", "leave", "metrics"] {
-        for reason in input_errors.iter().chain(&["invalid_body"]) {
+        for reason in INPUT_ERRORS.iter().chain(&["invalid_body"]) {
             metrics::counter!("presence_http_rejected_total", "endpoint" => endpoint, "reason" => *reason)
                 .absolute(0);
         }
     }
-    describe_counter!(
+    zero_counters(
         "presence_api_rejected_total",
-        "Backend API and operator requests refused, by HTTP status"
+        "Backend API and operator requests refused, by HTTP status",
+        "status",
+        &["400", "401", "403", "409", "500", "503"],
     );
-    for status in ["400", "401", "403", "409", "500", "503"] {
-        metrics::counter!("presence_api_rejected_total", "status" => status).absolute(0);
-    }
-    describe_counter!(
+    zero_counters(
         "presence_rate_limited_total",
-        "Requests over a rate limit, by what blocked them"
+        "Requests over a rate limit, by what blocked them",
+        "blocked_by",
+        &["ip", "customer", "websocket"],
     );
-    for by in ["ip", "customer", "websocket"] {
-        metrics::counter!("presence_rate_limited_total", "blocked_by" => by).absolute(0);
-    }
-    describe_counter!(
+    zero_counters(
         "presence_feed_rejected_total",
-        "Messages of a followed stream that did not decode"
+        "Messages of a followed stream that did not decode",
+        "feed",
+        &["changes", "metrics", "stats"],
     );
-    for feed in ["changes", "metrics", "stats"] {
-        metrics::counter!("presence_feed_rejected_total", "feed" => feed).absolute(0);
-    }
-    describe_counter!(
+    zero_counters(
         "presence_key_reloads_total",
-        "Reloads of JWT_KEYS_FILE, by outcome"
+        "Reloads of JWT_KEYS_FILE, by outcome",
+        "outcome",
+        &["ok", "error"],
     );
-    for outcome in ["ok", "error"] {
-        metrics::counter!("presence_key_reloads_total", "outcome" => outcome).absolute(0);
-    }
-    describe_counter!(
+    zero_counters(
         "presence_encode_failures_total",
-        "Values that could not be encoded (a bug), by what"
+        "Values that could not be encoded (a bug), by what",
+        "what",
+        &["event", "ws_frame", "dashboard"],
     );
-    for what in ["event", "ws_frame", "dashboard"] {
-        metrics::counter!("presence_encode_failures_total", "what" => what).absolute(0);
-    }
 }

@@ -270,42 +270,35 @@ impl Writer {
 /// Every family the persister exports, registered at start-up at zero, so a quiet persister
 /// already shows them (write failures and rejections alert before the first change).
 fn register_metric_families() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_histogram!(
+    use presence_telemetry::{zero_counter, zero_gauge, zero_gauges};
+    zero_counter(
+        "presence_persister_rows_written_total",
+        "Presence rows written to PostgreSQL",
+    );
+    zero_counter(
+        "presence_persister_write_failures_total",
+        "Writes to PostgreSQL that failed (retried)",
+    );
+    zero_counter(
+        "presence_changes_rejected_total",
+        "Changes that did not decode, skipped",
+    );
+    zero_gauge(
+        "presence_persister_pending_users",
+        "Users whose row waits for its debounce",
+    );
+    zero_gauges(
+        "presence_consumer_lag_messages",
+        "Messages a reader of the log is behind",
+        "consumer",
+        &[CONSUMER],
+    );
+    metrics::describe_histogram!(
         "presence_persister_batch_rows",
         "Rows in one write to PostgreSQL"
     );
-    describe_histogram!(
+    metrics::describe_histogram!(
         "presence_persister_write_seconds",
         "Time of one write to PostgreSQL"
     );
-    describe_counter!(
-        "presence_persister_rows_written_total",
-        "Presence rows written to PostgreSQL"
-    );
-    describe_counter!(
-        "presence_persister_write_failures_total",
-        "Writes to PostgreSQL that failed (retried)"
-    );
-    describe_counter!(
-        "presence_changes_rejected_total",
-        "Changes that did not decode, skipped"
-    );
-    for name in [
-        "presence_persister_rows_written_total",
-        "presence_persister_write_failures_total",
-        "presence_changes_rejected_total",
-    ] {
-        metrics::counter!(name).absolute(0);
-    }
-    describe_gauge!(
-        "presence_persister_pending_users",
-        "Users whose row waits for its debounce"
-    );
-    metrics::gauge!("presence_persister_pending_users").set(0.0);
-    describe_gauge!(
-        "presence_consumer_lag_messages",
-        "Messages a reader of the log is behind"
-    );
-    metrics::gauge!("presence_consumer_lag_messages", "consumer" => CONSUMER).set(0.0);
 }

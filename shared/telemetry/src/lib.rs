@@ -46,6 +46,46 @@ pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
     Ok(PrometheusBuilder::new().install_recorder()?)
 }
 
+/// A counter exported from start-up: its help text, and 0 until it counts.
+pub fn zero_counter(name: &'static str, help: &'static str) {
+    metrics::describe_counter!(name, help);
+    metrics::counter!(name).absolute(0);
+}
+
+/// A counter family exported from start-up: its help text, and a series at 0 for each known
+/// value of its one label.
+pub fn zero_counters(
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    values: &[&'static str],
+) {
+    metrics::describe_counter!(name, help);
+    for value in values {
+        metrics::counter!(name, label => *value).absolute(0);
+    }
+}
+
+/// A gauge exported from start-up: its help text, and 0 until it is set.
+pub fn zero_gauge(name: &'static str, help: &'static str) {
+    metrics::describe_gauge!(name, help);
+    metrics::gauge!(name).set(0.0);
+}
+
+/// A gauge family exported from start-up: its help text, and a series at 0 for each known
+/// value of its one label.
+pub fn zero_gauges(
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    values: &[&'static str],
+) {
+    metrics::describe_gauge!(name, help);
+    for value in values {
+        metrics::gauge!(name, label => *value).set(0.0);
+    }
+}
+
 /// Whether a role is ready for traffic, as the load balancer asks at `/readyz`.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
