@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-persister check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-failover bench-persister check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -59,7 +59,15 @@ bench-churn: ## five minutes of churn and silent users at 10,000 connections: gh
 
 bench-aggregator: ## heartbeats/s folded by the aggregator from a pre-filled stream, and the replay rate
 	$(CARGO) build --release -p presence -p presence-bench
-	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-aggregator 100000 20
+	PRESENCE_BIN=target/release/presence scripts/with-services.sh sh -c '\
+	  target/release/presence-bench-aggregator 100000 20 && \
+	  target/release/presence-bench-aggregator 100000 20 1 1 && \
+	  target/release/presence-bench-aggregator 100000 20 4 1 && \
+	  target/release/presence-bench-aggregator 100000 20 4 2'
+
+bench-failover: ## failover time over 20 SIGKILLs of the busiest of 3 aggregators (p50 / max)
+	$(CARGO) build --release -p presence -p presence-bench
+	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-failover 20
 
 bench-persister: ## rows/s of the persister on a burst of 10,000 changes (real NATS + PostgreSQL)
 	$(CARGO) build --release -p presence -p presence-bench

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command with a NATS JetStream server and a PostgreSQL server it can use: NATS_URL /
-# DATABASE_URL if they answer, otherwise throwaway ones (`nats-server -js`, and a fresh
-# `initdb` cluster run as the postgres user) on free loopback ports, stopped (and their data
-# removed) when the command ends.
+# DATABASE_URL if they answer, otherwise throwaway ones (the pinned `nats-server -js` of
+# scripts/nats-server.sh, and a fresh `initdb` cluster run as the postgres user) on free
+# loopback ports, stopped (and their data removed) when the command ends.
 set -euo pipefail
 
 reachable() { # host:port
@@ -25,7 +25,7 @@ trap 'cleanup' EXIT
 if [[ -n "${NATS_URL:-}" ]] && reachable "$(hostport "$NATS_URL")"; then
   echo "using the NATS server at $NATS_URL"
 else
-  command -v nats-server >/dev/null || { echo "nats-server not found: apt-get install nats-server" >&2; exit 1; }
+  nats_server=$("$(dirname "$0")/nats-server.sh")
   dir=$(mktemp -d)
   port=$(free_port)
   cat > "$dir/nats.conf" <<CONF
@@ -36,7 +36,7 @@ jetstream {
   max_memory_store: 256M
 }
 CONF
-  nats-server -c "$dir/nats.conf" > "$dir/nats.log" 2>&1 &
+  "$nats_server" -c "$dir/nats.conf" > "$dir/nats.log" 2>&1 &
   nats_pid=$!
   stops+=("kill $nats_pid 2>/dev/null; wait $nats_pid 2>/dev/null; rm -rf '$dir'")
   for _ in $(seq 1 100); do reachable "127.0.0.1:$port" && break; sleep 0.1; done

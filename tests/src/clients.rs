@@ -28,6 +28,14 @@ pub fn now_secs() -> u64 {
         .unwrap_or_default()
 }
 
+/// Milliseconds since the epoch (the clock the observer stamps its updates with).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 /// Connects `user` of `gender` to `url` with a token, heartbeating every second.
 pub async fn connect(url: &str, user: &str, gender: &str) -> Result<SioClient, SioError> {
     let mut client = SioClient::connect(url, json!({ "token": token(user, gender) })).await?;

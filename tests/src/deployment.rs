@@ -119,6 +119,33 @@ impl Deployment {
             .unwrap_or_else(|| panic!("no {role} in this deployment"))
     }
 
+    /// Starts another process of `role` with the deployment's environment plus `extra` (a
+    /// second aggregator, a third edge); returns its index among the processes of `role`.
+    pub async fn add(&mut self, role: &str, extra: &[(&str, String)]) -> anyhow::Result<usize> {
+        let mut env = self
+            .procs
+            .first()
+            .map(|(_, env, _)| env.clone())
+            .context("an empty deployment")?;
+        env.retain(|(k, _)| k != "PRESENCE_NODE_ID");
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), v.clone()));
+        }
+        self.spawn(role, env).await?;
+        Ok(self.procs.iter().filter(|(r, _, _)| r == role).count() - 1)
+    }
+
+    /// The `n`th process of `role` (0 is the first started).
+    pub fn nth(&mut self, role: &str, n: usize) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .filter(|(r, _, _)| r == role)
+            .nth(n)
+            .map(|(_, _, p)| p)
+            .unwrap_or_else(|| panic!("no {role} number {n} in this deployment"))
+    }
+
     /// The stream namespace of a cluster deployment.
     pub fn namespace(&self) -> Option<String> {
         self.procs.first().and_then(|(_, env, _)| {

@@ -135,6 +135,16 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, …) without waiting for anything.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
     /// Sends SIGTERM without waiting for the exit.
     pub fn signal_term(&self) -> anyhow::Result<()> {
         let pid = self.child.id().context("already exited")?;

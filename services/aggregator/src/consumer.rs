@@ -1,6 +1,7 @@
-//! The fold loop: reads the event log with a durable consumer, applies each event to the
+//! The fold of one partition: reads the partition's events in order, applies each to the
 //! [`PresenceState`] and the [`ActiveUsers`], and appends the resulting presence changes and
-//! customer metrics to their streams before acknowledging the events they came from.
+//! customer metrics (stamped with the owner's lease epoch) to their streams. Nothing is
+//! written once the lease can no longer be trusted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use presence_events::{
-    ClusterStats, EncodeError, Event, EventBody, Millis, NodeId, SCHEMA_VERSION, Subjects,
+    ClusterStats, EncodeError, Event, EventBody, Millis, NodeId, Partition, SCHEMA_VERSION,
+    Subjects,
 };
 use presence_log::{EventLog, Outgoing, StartAt, publish_all_durable};
 use tokio::sync::watch;
@@ -17,19 +19,34 @@ use tokio_util::sync::CancellationToken;
 use presence_store::Store;
 use serde::{Deserialize, Serialize};
 
+use crate::coordinator::Lease;
 use crate::event_time::in_log_time;
 use crate::sessions::ActiveUsers;
 use crate::state::PresenceState;
 
-/// Everything the aggregator folds the log into.
+/// Everything the aggregator folds a partition's log into.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Fold {
     pub(crate) presence: PresenceState,
     pub(crate) active: ActiveUsers,
+    /// The newest owner epoch seen on the partition's clock ticks.
+    #[serde(default)]
+    pub(crate) epoch: u64,
+}
+
+impl Fold {
+    pub(crate) fn new(config: &crate::AggregatorConfig) -> Self {
+        Self {
+            presence: PresenceState::new(config.heartbeat_timeout_ms),
+            active: ActiveUsers::new(config.session_ttl_ms, config.ema_alpha),
+            epoch: 0,
+        }
+    }
 }
 
 /// Where and how often the fold state is saved, so a restart replays only the events after
 /// the newest snapshot instead of the whole log.
+#[derive(Clone)]
 pub(crate) struct Snapshots {
     pub(crate) store: Store,
     pub(crate) namespace: String,
@@ -39,16 +56,22 @@ pub(crate) struct Snapshots {
 impl Snapshots {
     /// The newest snapshot, or `fresh` when there is none (or it cannot be read: folding
     /// the whole log gives the same state, only later).
-    async fn load(&self, fresh: Fold) -> Fold {
-        match self.store.load_snapshot(&self.namespace).await {
+    /// The snapshot key of one partition.
+    fn key(&self, partition: Partition) -> String {
+        format!("{}.{partition}", self.namespace)
+    }
+
+    async fn load(&self, partition: Partition, fresh: Fold) -> Fold {
+        match self.store.load_snapshot(&self.key(partition)).await {
             Ok(Some((seq, state))) => match serde_json::from_str::<Fold>(&state) {
                 Ok(mut fold) if fold.presence.last_seq() == seq => {
                     fold.presence
                         .set_heartbeat_timeout(fresh.presence.heartbeat_timeout_ms());
                     fold.active
                         .set_settings(fresh.active.session_ttl_ms(), fresh.active.alpha());
-                    metrics::gauge!("presence_snapshot_loaded_sequence").set(seq as f64);
-                    tracing::info!(seq, "restored the aggregator snapshot");
+                    metrics::gauge!("presence_snapshot_loaded_sequence", "partition" => partition.to_string())
+                        .set(seq as f64);
+                    tracing::info!(seq, %partition, "restored the partition's snapshot");
                     fold
                 }
                 Ok(_) => {
@@ -71,7 +94,7 @@ impl Snapshots {
         }
     }
 
-    async fn save(&self, fold: &Fold) -> bool {
+    async fn save(&self, partition: Partition, fold: &Fold, epoch: u64) -> bool {
         let started = std::time::Instant::now();
         let state = match serde_json::to_string(fold) {
             Ok(state) => state,
@@ -81,11 +104,21 @@ impl Snapshots {
             }
         };
         let seq = fold.presence.last_seq();
-        match self.store.save_snapshot(&self.namespace, seq, &state).await {
-            Ok(()) => {
+        match self
+            .store
+            .save_snapshot(&self.key(partition), seq, &state, epoch)
+            .await
+        {
+            Ok(saved) => {
                 metrics::histogram!("presence_snapshot_save_seconds")
                     .record(started.elapsed().as_secs_f64());
-                metrics::gauge!("presence_snapshot_sequence").set(seq as f64);
+                if saved {
+                    metrics::gauge!("presence_snapshot_sequence", "partition" => partition.to_string())
+                        .set(seq as f64);
+                } else {
+                    metrics::counter!("presence_snapshots_refused_total").increment(1);
+                    tracing::warn!(%partition, epoch, "a newer owner saved this partition's snapshot; not replaced");
+                }
                 true
             }
             Err(e) => {
@@ -96,39 +129,59 @@ impl Snapshots {
     }
 }
 
-const CONSUMER_NAME: &str = "aggregator";
 const BATCH: usize = 512;
 
-pub(crate) async fn fold_events(
-    mut state: Fold,
-    snapshots: Option<Snapshots>,
-    log: Arc<dyn EventLog>,
-    subjects: Subjects,
-    node: NodeId,
-    sweep_due: watch::Sender<Option<Millis>>,
-    shutdown: CancellationToken,
-) {
+/// One partition's fold, as its owner runs it.
+pub(crate) struct PartitionFold {
+    pub(crate) partition: Partition,
+    pub(crate) lease: Lease,
+    pub(crate) fold: Fold,
+    pub(crate) snapshots: Option<Snapshots>,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) subjects: Subjects,
+    pub(crate) node: NodeId,
+    pub(crate) started_at: Millis,
+    pub(crate) sweep_due: watch::Sender<Option<Millis>>,
+}
+
+pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationToken) {
+    let PartitionFold {
+        partition,
+        lease,
+        fold: mut state,
+        snapshots,
+        log,
+        subjects,
+        node,
+        started_at,
+        sweep_due,
+    } = run;
     if let Some(snapshots) = &snapshots {
-        state = snapshots.load(state).await;
+        state = snapshots.load(partition, state).await;
     }
     let mut saved = Runtime {
         seq: state.presence.last_seq(),
         at: std::time::Instant::now(),
-        started_at: Millis::now(),
+        started_at,
         labels: CustomerLabels::default(),
         sweep_due,
         node,
+        partition,
+        lease,
         log_clock_ahead_ms: std::collections::VecDeque::with_capacity(CLOCK_SAMPLES),
     };
     let stream = subjects.events_stream();
+    let filter = subjects.partition_events(partition);
     let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
+    while !shutdown.is_cancelled() && saved.lease.is_valid() {
         let start = StartAt::Sequence(state.presence.last_seq() + 1);
-        match log.subscribe(&stream, start, Some(CONSUMER_NAME)).await {
+        match log.subscribe(&stream, Some(&filter), start).await {
             Ok(deliveries) => {
                 tracing::info!(
+                    %partition,
+                    epoch = saved.lease.epoch(),
                     from = state.presence.last_seq() + 1,
-                    "folding the event stream"
+                    "folding the partition"
                 );
                 backoff = Duration::from_millis(100);
                 fold_until_interrupted(
@@ -143,7 +196,7 @@ pub(crate) async fn fold_events(
                 .await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the event stream")
+                tracing::warn!(error = %e, %partition, retry_in = ?backoff, "cannot read the event stream")
             }
         }
         tokio::select! {
@@ -152,10 +205,12 @@ pub(crate) async fn fold_events(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    // A clean hand-over saves where it got to; a lost lease writes nothing more.
     if let Some(snapshots) = &snapshots
         && state.presence.last_seq() > saved.seq
+        && saved.lease.is_valid()
     {
-        snapshots.save(&state).await;
+        snapshots.save(partition, &state, saved.lease.epoch()).await;
     }
 }
 
@@ -196,6 +251,9 @@ struct Runtime {
     sweep_due: watch::Sender<Option<Millis>>,
     /// This aggregator's node id: the ticks it wrote tell how far its clock is from the log's.
     node: NodeId,
+    /// The partition folded, and the lease it is folded under.
+    partition: Partition,
+    lease: Lease,
     /// How far the log's clock was ahead of this machine's (plus the append's latency) for
     /// the newest own ticks folded.
     log_clock_ahead_ms: std::collections::VecDeque<i64>,
@@ -237,6 +295,9 @@ async fn fold_until_interrupted(
     shutdown: &CancellationToken,
 ) {
     let started_at = saved.started_at;
+    let partition = saved.partition;
+    let epoch = saved.lease.epoch();
+    let label = partition.to_string();
     let mut batches = deliveries.ready_chunks(BATCH);
     loop {
         let batch = tokio::select! {
@@ -248,7 +309,7 @@ async fn fold_until_interrupted(
             return;
         };
         let mut changes = Vec::new();
-        let mut newest = None;
+        let mut pending = 0;
         for delivered in batch {
             let delivered = match delivered {
                 Ok(d) => d,
@@ -258,6 +319,12 @@ async fn fold_until_interrupted(
                 }
             };
             match Event::decode(&delivered.payload) {
+                Ok(event) if is_fenced(&mut state.epoch, &event) => {
+                    metrics::counter!("presence_fenced_events_total", "kind" => event.kind())
+                        .increment(1);
+                    tracing::warn!(seq = delivered.seq, %partition, epoch = ?event.epoch, "ignoring a tick of a deposed owner");
+                    state.presence.skip(delivered.seq);
+                }
                 Ok(event) => {
                     let stored = state.presence.log_time(Millis(delivered.stored_ms));
                     saved.observe_own_tick(&event, stored);
@@ -266,7 +333,8 @@ async fn fold_until_interrupted(
                     let fresh = delivered.seq > state.presence.last_seq();
                     metrics::counter!("presence_events_consumed_total", "kind" => event.kind())
                         .increment(1);
-                    for metrics in state.active.apply(delivered.seq, &event) {
+                    for mut metrics in state.active.apply(delivered.seq, &event) {
+                        metrics.epoch = epoch;
                         saved.labels.record(&metrics);
                         changes.extend(outgoing(
                             subjects.metrics(&metrics.tenant),
@@ -278,7 +346,8 @@ async fn fold_until_interrupted(
                     if tick && fresh {
                         metrics::counter!("presence_sweeps_total").increment(1);
                     }
-                    for change in state.presence.apply(delivered.seq, &event) {
+                    for mut change in state.presence.apply(delivered.seq, &event) {
+                        change.epoch = epoch;
                         metrics::counter!("presence_changes_total", "cause" => change.cause.as_str())
                             .increment(1);
                         changes.extend(outgoing(
@@ -288,61 +357,104 @@ async fn fold_until_interrupted(
                         ));
                     }
                     if tick {
-                        changes.extend(stats_message(subjects, state, delivered.seq, started_at));
+                        let figures = Figures {
+                            partition,
+                            owner: &saved.node,
+                            epoch,
+                            lag: delivered.pending,
+                            started_at,
+                        };
+                        changes.extend(stats_message(subjects, state, delivered.seq, &figures));
                     }
                 }
                 Err(e) => {
+                    state.presence.skip(delivered.seq);
                     // Nothing to fold; skipping it loses nothing that was understood.
                     metrics::counter!("presence_events_rejected_total", "reason" => "undecodable")
                         .increment(1);
                     tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable event");
                 }
             }
-            metrics::gauge!("presence_consumer_lag_messages", "consumer" => CONSUMER_NAME)
-                .set(delivered.pending as f64);
-            newest = Some(delivered);
+            pending = delivered.pending;
         }
-        record_stats(&state.presence);
+        metrics::gauge!("presence_consumer_lag_messages", "consumer" => "aggregator", "partition" => label.clone())
+            .set(pending as f64);
+        record_stats(&state.presence, &label);
         // The clock appends a sweep tick when the next connection's timeout runs out.
         let due = state.presence.next_sweep_due().map(|due| saved.local(due));
         saved
             .sweep_due
             .send_if_modified(|d| std::mem::replace(d, due) != due);
-        if !changes.is_empty() && !publish_all_durable(log, &changes, shutdown).await {
+        // Fencing: nothing is written under a lease that may have passed to another owner.
+        if !saved.lease.is_valid() {
+            tracing::warn!(%partition, epoch, "the lease ran out; not writing what was folded");
             return;
         }
-        if let Some(newest) = newest
-            && let Err(e) = newest.ack().await
-        {
-            tracing::warn!(error = %e, "acknowledging folded events failed");
+        if !changes.is_empty() && !publish_all_durable(log, &changes, shutdown).await {
+            return;
         }
         // Only now, with every change derived so far durable, may a snapshot include them.
         if let Some(snapshots) = snapshots
             && saved.at.elapsed() >= snapshots.every
             && state.presence.last_seq() > saved.seq
+            && saved.lease.is_valid()
         {
             saved.at = std::time::Instant::now();
-            if snapshots.save(state).await {
+            if snapshots.save(partition, state, epoch).await {
                 saved.seq = state.presence.last_seq();
             }
         }
     }
 }
 
-/// The cluster figures as of the tick at `seq`, for every edge's `/api/health`.
+/// Who folds a partition, for its figures.
+struct Figures<'a> {
+    partition: Partition,
+    owner: &'a NodeId,
+    epoch: u64,
+    lag: u64,
+    started_at: Millis,
+}
+
+/// A partition's figures as of the tick at `seq`, for every edge's `/api/health`.
 fn stats_message(
     subjects: &Subjects,
     state: &Fold,
     seq: u64,
-    started_at: Millis,
+    figures: &Figures<'_>,
 ) -> Option<Outgoing> {
     let stats = ClusterStats {
         v: SCHEMA_VERSION,
         presence: state.presence.stats().clone(),
-        started_at,
+        started_at: figures.started_at,
         seq,
+        partition: figures.partition,
+        owner: Some(figures.owner.clone()),
+        epoch: figures.epoch,
+        lag: figures.lag,
     };
-    outgoing(subjects.stats(), format!("stats-{seq}"), stats.encode())
+    outgoing(
+        subjects.stats(figures.partition),
+        format!("stats-{seq}"),
+        stats.encode(),
+    )
+}
+
+/// Whether `event` is a clock tick of a deposed owner: older than the newest epoch the
+/// partition's ticks have carried (which it then becomes). Ticks without an epoch are
+/// folded. Deterministic on the log, so a replay ignores the same ticks.
+pub fn is_fenced(newest_epoch: &mut u64, event: &Event) -> bool {
+    if !matches!(event.body, EventBody::Tick | EventBody::MetricsTick) {
+        return false;
+    }
+    match event.epoch {
+        Some(epoch) if epoch < *newest_epoch => true,
+        Some(epoch) => {
+            *newest_epoch = epoch;
+            false
+        }
+        None => false,
+    }
 }
 
 /// The message for an encoded output of the fold. One that could not be encoded (a bug: the
@@ -366,13 +478,18 @@ fn outgoing(
     }
 }
 
-fn record_stats(state: &PresenceState) {
+fn record_stats(state: &PresenceState, partition: &str) {
     let stats = state.stats();
-    metrics::gauge!("presence_online_users").set(stats.online_users as f64);
-    metrics::gauge!("presence_peak_online_users").set(stats.peak_online as f64);
-    metrics::gauge!("presence_folded_sequence").set(state.last_seq() as f64);
+    let p = partition.to_owned();
+    metrics::gauge!("presence_online_users", "partition" => p.clone())
+        .set(stats.online_users as f64);
+    metrics::gauge!("presence_peak_online_users", "partition" => p.clone())
+        .set(stats.peak_online as f64);
+    metrics::gauge!("presence_folded_sequence", "partition" => p.clone())
+        .set(state.last_seq() as f64);
     // The fold counts them (and keeps the count in its snapshot): the counter follows it.
-    metrics::counter!("presence_swept_connections_total").absolute(stats.total_swepts);
+    metrics::counter!("presence_swept_connections_total", "partition" => p)
+        .absolute(stats.total_swepts);
 }
 
 #[cfg(test)]
@@ -393,6 +510,7 @@ mod tests {
         let mut fold = Fold {
             presence: PresenceState::new(15_000),
             active: ActiveUsers::new(180_000, 0.2),
+            epoch: 0,
         };
         let mut events = Vec::new();
         for i in 0..40u64 {

@@ -1,14 +1,20 @@
-//! The aggregator: folds the event log into presence state ([`state`]) and active-user
-//! metrics ([`sessions`]), appends the clock ticks that sweep the silent and compute the
-//! metrics ([`sweeper`]), and publishes every resulting change ([`consumer`]).
+//! The aggregator: folds each partition of the event log into presence state ([`state`])
+//! and active-user metrics ([`sessions`]), appends the clock ticks that sweep the silent and
+//! compute the metrics ([`sweeper`]), and publishes every resulting change ([`consumer`]).
 //!
-//! One aggregator runs per cluster. It knows nothing of the mode it runs in: the binary hands
-//! it an [`EventLog`] (JetStream in a cluster, in-memory in `presence standalone`).
+//! Any number of aggregators run per cluster: each partition is folded by exactly one of
+//! them at a time, chosen by leases on a key-value board ([`leases`], [`coordinator`]). It
+//! knows nothing of the mode it runs in: the binary hands it an [`EventLog`] (JetStream in a
+//! cluster, in-memory in `presence standalone`, where it takes every partition).
 
 mod consumer;
+mod coordinator;
 mod event_time;
+mod leases;
 mod metric_families;
 mod pairs;
+#[cfg(test)]
+mod partitioned_tests;
 pub mod sessions;
 pub mod state;
 mod sweeper;
@@ -16,12 +22,14 @@ mod sweeper;
 use std::sync::Arc;
 use std::time::Duration;
 
-use presence_events::{EventBody, NodeId, Subjects};
+use presence_events::{NodeId, Subjects};
 use presence_log::EventLog;
 use presence_store::Store;
+use presence_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use consumer::is_fenced;
 pub use event_time::in_log_time;
 pub use sessions::ActiveUsers;
 pub use state::PresenceState;
@@ -48,6 +56,10 @@ pub struct AggregatorConfig {
     /// How often the fold state is saved to PostgreSQL, when DATABASE_URL is set (ms).
     #[arg(long, env = "PRESENCE_SNAPSHOT_INTERVAL_MS", default_value_t = 30_000)]
     pub snapshot_interval_ms: u64,
+    /// A partition's lease runs out this long after its owner last renewed it (ms); another
+    /// aggregator takes the partition over then. Renewed every sixth of it.
+    #[arg(long, env = "PRESENCE_LEASE_TTL_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
 }
 
 fn parse_alpha(raw: &str) -> Result<f64, String> {
@@ -93,40 +105,31 @@ impl Aggregator {
         self
     }
 
-    /// Starts folding and sweeping on `tasks`; both stop when `shutdown` is cancelled.
-    pub fn start(self, tasks: &TaskTracker, shutdown: CancellationToken) {
-        metric_families::register();
-        let fold = consumer::Fold {
-            presence: PresenceState::new(self.config.heartbeat_timeout_ms),
-            active: ActiveUsers::new(self.config.session_ttl_ms, self.config.ema_alpha),
+    /// Joins the partitions' lease board and starts folding what it takes, on `tasks`, until
+    /// `shutdown`, when it hands its partitions over. `readiness` turns true once the board
+    /// has been read (owning partitions or standing by).
+    pub async fn start(
+        self,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+        readiness: Readiness,
+    ) -> Result<(), presence_log::LogError> {
+        metric_families::register(self.subjects.partitions());
+        let board = coordinator::open_board(
+            self.log.as_ref(),
+            &self.subjects,
+            Duration::from_millis(self.config.lease_ttl_ms),
+        )
+        .await?;
+        let settings = coordinator::FoldSettings {
+            config: self.config,
+            log: self.log,
+            subjects: self.subjects,
+            node: self.node,
+            snapshots: self.snapshots,
+            started_at: presence_events::Millis::now(),
         };
-        let (sweep_due, due) = tokio::sync::watch::channel(None);
-        tasks.spawn(consumer::fold_events(
-            fold,
-            self.snapshots,
-            self.log.clone(),
-            self.subjects.clone(),
-            self.node.clone(),
-            sweep_due,
-            shutdown.clone(),
-        ));
-        tasks.spawn(sweeper::publish_ticks(
-            EventBody::Tick,
-            self.log.clone(),
-            self.subjects.clone(),
-            self.node.clone(),
-            Duration::from_millis(self.config.sweep_interval_ms),
-            Some(due),
-            shutdown.clone(),
-        ));
-        tasks.spawn(sweeper::publish_ticks(
-            EventBody::MetricsTick,
-            self.log,
-            self.subjects,
-            self.node,
-            Duration::from_millis(self.config.metrics_tick_ms),
-            None,
-            shutdown,
-        ));
+        tasks.spawn(coordinator::Coordinator::new(settings, board).run(shutdown, readiness));
+        Ok(())
     }
 }

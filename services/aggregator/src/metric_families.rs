@@ -3,10 +3,14 @@
 //! by cause, rejections): `rate()` and `absent()` alerts work before the first event.
 
 use metrics::{describe_gauge, describe_histogram};
+use presence_events::Partitions;
 use presence_telemetry::{zero_counter, zero_counters, zero_gauge, zero_gauges};
 
-/// Registers every family at zero, with its help text.
-pub(crate) fn register() {
+/// Registers every family at zero, with its help text; per-partition families get a series
+/// for each of `partitions`.
+pub(crate) fn register(partitions: Partitions) {
+    let labels: Vec<String> = partitions.all().map(|p| p.to_string()).collect();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     zero_counters(
         "presence_events_consumed_total",
         "Events folded, by kind",
@@ -63,14 +67,53 @@ pub(crate) fn register() {
         "consumer",
         &["aggregator"],
     );
-    zero_gauge("presence_online_users", "Users online in the cluster");
-    zero_gauge(
+    zero_gauges(
+        "presence_online_users",
+        "Users online in a partition folded here",
+        "partition",
+        &labels,
+    );
+    zero_gauges(
         "presence_peak_online_users",
-        "Most users online at once in the cluster",
+        "Most users online at once in a partition folded here",
+        "partition",
+        &labels,
+    );
+    zero_gauges(
+        "presence_folded_sequence",
+        "Sequence of the newest event folded, by partition",
+        "partition",
+        &labels,
+    );
+    zero_gauges(
+        "presence_partition_owned",
+        "1 while this aggregator holds the partition's lease",
+        "partition",
+        &labels,
     );
     zero_gauge(
-        "presence_folded_sequence",
-        "Sequence of the newest event folded",
+        "presence_partitions_owned",
+        "Partitions this aggregator holds the lease of",
+    );
+    describe_gauge!(
+        "presence_lease_epoch",
+        "Lease epoch of a partition held here"
+    );
+    zero_counters(
+        "presence_lease_transitions_total",
+        "Lease changes of this aggregator, by transition",
+        "transition",
+        &["acquired", "released", "lost", "renew_failed"],
+    );
+    zero_counters(
+        "presence_fenced_events_total",
+        "Clock ticks of a deposed owner (an older lease epoch) ignored by the fold",
+        "kind",
+        &["tick", "metrics_tick"],
+    );
+    zero_counter(
+        "presence_snapshots_refused_total",
+        "Snapshots not saved because a newer owner had saved the partition's",
     );
     // Exported with their first value: per customer, and with a database.
     describe_gauge!(

@@ -180,6 +180,8 @@ impl ActiveUsers {
                 count,
                 ema,
                 seq,
+                // Stamped by the owner that publishes it.
+                epoch: 0,
             });
             !forget
         });

@@ -90,6 +90,8 @@ impl ChangeContext {
             cause,
             at: self.at,
             seq: self.seq,
+            // Stamped by the owner that publishes it.
+            epoch: 0,
         }
     }
 }
@@ -130,6 +132,11 @@ impl PresenceState {
     /// Sequence of the last event folded in (0 before any).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// Passes over the event at `seq` without folding it (undecodable, or fenced).
+    pub fn skip(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
     }
 
     /// The time to fold an event the log stored at `stored` with: `stored`, or the newest

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use presence_events::{Event, EventBody, Millis, NodeId, Subjects};
+use presence_events::{Event, EventBody, Millis, NodeId};
 use presence_log::{EventLog, Outgoing, publish_durable};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::Lease;
 
 /// Deadline ticks come at most this often.
 pub(crate) const MIN_TICK_SPACING: Duration = Duration::from_millis(250);
@@ -25,16 +27,29 @@ pub(crate) const MIN_TICK_SPACING: Duration = Duration::from_millis(250);
 /// past the deadline.
 const DEADLINE_GRACE: Duration = Duration::from_millis(20);
 
+/// A partition's clock, written under its owner's lease.
+pub(crate) struct Clock {
+    pub(crate) tick: EventBody,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) subject: String,
+    pub(crate) node: NodeId,
+    pub(crate) lease: Lease,
+    pub(crate) interval: Duration,
+}
+
 pub(crate) async fn publish_ticks(
-    tick: EventBody,
-    log: Arc<dyn EventLog>,
-    subjects: Subjects,
-    node: NodeId,
-    interval: Duration,
+    clock: Clock,
     mut due: Option<watch::Receiver<Option<Millis>>>,
     shutdown: CancellationToken,
 ) {
-    let subject = subjects.event(tick.kind());
+    let Clock {
+        tick,
+        log,
+        subject,
+        node,
+        lease,
+        interval,
+    } = clock;
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_tick: Option<Millis> = None;
@@ -55,9 +70,14 @@ pub(crate) async fn publish_ticks(
                 continue;
             }
         }
+        // Fencing: a clock whose lease may have passed to another owner stays silent.
+        if !lease.is_valid() {
+            continue;
+        }
         let at = Millis::now();
         last_tick = Some(at);
-        let event = Event::new(node.clone(), at, tick.clone());
+        let mut event = Event::new(node.clone(), at, tick.clone());
+        event.epoch = Some(lease.epoch());
         let payload = match event.encode() {
             Ok(payload) => Bytes::from(payload),
             Err(e) => {

@@ -210,6 +210,12 @@ fn register_rejections() {
         &["ip", "customer", "websocket"],
     );
     zero_counters(
+        "presence_feed_fenced_total",
+        "Messages of a deposed aggregator (an older lease epoch) refused, by feed",
+        "feed",
+        &["changes", "metrics"],
+    );
+    zero_counters(
         "presence_feed_rejected_total",
         "Messages of a followed stream that did not decode",
         "feed",

@@ -170,6 +170,7 @@ mod tests {
             cause: if online { Cause::Join } else { Cause::Leave },
             at: Millis(seq),
             seq,
+            epoch: 0,
         }
     }
 

@@ -1,9 +1,12 @@
-//! The persister: reads the presence changes with a durable consumer and writes each user's
-//! current presence to PostgreSQL, debounced ([`debounce`]), batched (one statement per
-//! flush) and idempotent (a row never goes back to an older sequence). Its position in the
-//! changes stream is written in the same transaction as the rows, so a restart resumes
-//! exactly after what was written; while the database is down it keeps its place, retries
-//! with backoff and reports not ready.
+//! The persister: reads the presence changes through a shared durable subscription and
+//! writes each user's current presence to PostgreSQL, debounced ([`debounce`]), batched (one
+//! statement per flush) and idempotent (a row never goes back to an older sequence).
+//!
+//! Any number of persisters may run: the subscription hands each a share of the changes,
+//! and each change is acknowledged only once its row is written, so the changes a killed
+//! persister held are delivered again to another. Rows are guarded by sequence, so a change
+//! written twice, or late, never undoes a newer one. While the database is down a persister
+//! keeps its changes, retries with backoff and reports not ready.
 
 pub mod debounce;
 
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use presence_events::{Millis, PresenceChange, Subjects};
+use presence_events::{EpochFence, Millis, Partitions, PresenceChange, Subjects};
 use presence_log::{Delivered, EventLog, StartAt};
 use presence_store::Store;
 use presence_telemetry::Readiness;
@@ -81,6 +84,8 @@ impl Persister {
             store: self.store.clone(),
             namespace: self.namespace.clone(),
             readiness,
+            partitions: self.subjects.partitions(),
+            fence: EpochFence::default(),
         };
         let stream = self.subjects.changes_stream();
         while !shutdown.is_cancelled() {
@@ -100,7 +105,7 @@ impl Persister {
             let from = writer.committed + 1;
             let mut deliveries = match self
                 .log
-                .subscribe(&stream, StartAt::Sequence(from), Some(CONSUMER))
+                .subscribe_shared(&stream, CONSUMER, StartAt::Sequence(from))
                 .await
             {
                 Ok(d) => d,
@@ -147,15 +152,25 @@ struct Writer {
     store: Store,
     namespace: String,
     readiness: Readiness,
+    partitions: Partitions,
+    fence: EpochFence,
 }
 
 impl Writer {
     fn take(&mut self, mut delivered: Delivered) {
-        if delivered.seq <= self.last_received && delivered.seq <= self.committed {
-            return;
-        }
+        // Everything delivered is offered, even below what was committed: with several
+        // persisters sharing the subscription, a change delivered again is one another
+        // persister held and never wrote. Rows are guarded by sequence.
         match PresenceChange::decode(&delivered.payload) {
-            Ok(change) => self.debouncer.offer(change, delivered.seq, Millis::now()),
+            Ok(change) => {
+                let partition = self.partitions.of_user(&change.tenant, &change.user);
+                if self.fence.admit(partition, change.epoch) {
+                    self.debouncer.offer(change, delivered.seq, Millis::now());
+                } else {
+                    metrics::counter!("presence_changes_fenced_total").increment(1);
+                    tracing::warn!(seq = delivered.seq, epoch = change.epoch, %partition, "skipping a change of a deposed aggregator");
+                }
+            }
             Err(e) => {
                 metrics::counter!("presence_changes_rejected_total").increment(1);
                 tracing::error!(seq = delivered.seq, error = %e, "skipping an undecodable change");
@@ -253,16 +268,19 @@ impl Writer {
         metrics::gauge!("presence_persister_pending_users").set(self.debouncer.len() as f64);
     }
 
-    /// Acknowledges every delivery up to `seq` (cumulatively, with the last one).
+    /// Acknowledges every delivery up to `seq`, each on its own (the subscription is shared:
+    /// an acknowledgement covers only its own message).
     async fn ack_through(&mut self, seq: u64) {
-        let mut last = None;
+        let mut done = Vec::new();
         while self.unacked.front().is_some_and(|d| d.seq <= seq) {
-            last = self.unacked.pop_front();
+            if let Some(d) = self.unacked.pop_front() {
+                done.push(d.ack());
+            }
         }
-        if let Some(last) = last
-            && let Err(e) = last.ack().await
-        {
-            tracing::debug!(error = %e, "acknowledging persisted changes failed");
+        for result in futures::future::join_all(done).await {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "acknowledging persisted changes failed");
+            }
         }
     }
 }
@@ -282,6 +300,10 @@ fn register_metric_families() {
     zero_counter(
         "presence_changes_rejected_total",
         "Changes that did not decode, skipped",
+    );
+    zero_counter(
+        "presence_changes_fenced_total",
+        "Changes of a deposed aggregator (an older lease epoch), skipped",
     );
     zero_gauge(
         "presence_persister_pending_users",

@@ -7,7 +7,8 @@
 //! - `metrics`: prints a customer's count and EMA at every metrics tick.
 //!
 //! Folding is deterministic (sweeps and metrics ticks are events too), so a replay computes
-//! what the live system computed.
+//! what the live system computed. Each partition is folded on its own, as the live cluster
+//! does; `--partition` replays one.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +20,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use presence_aggregator::{ActiveUsers, PresenceState};
 use presence_config::{DbArgs, LogArgs};
 use presence_events::{
-    Event, EventBody, Millis, PresenceChange, Subjects, TenantId, UserId, UserKey, format_rfc3339,
+    Event, EventBody, Millis, Partition, Partitions, PresenceChange, Subjects, TenantId, UserId,
+    UserKey, format_rfc3339,
 };
 use presence_log::{EventLog, JetStreamLog, StartAt};
 use presence_store::Store;
@@ -43,6 +45,9 @@ pub(crate) struct Range {
     /// Only this customer / tenant.
     #[arg(long)]
     tenant: Option<String>,
+    /// Only this partition of the log (default: all of them).
+    #[arg(long)]
+    partition: Option<u16>,
 }
 
 /// What to do with the replayed range.
@@ -84,10 +89,12 @@ fn parse_time(raw: &str) -> Result<Millis, String> {
     ))
 }
 
-/// Everything a fold needs, and what it produced.
+/// One partition's fold.
 struct Fold {
     presence: PresenceState,
     active: ActiveUsers,
+    /// The newest owner epoch seen on its ticks (older ones are ignored, as live).
+    epoch: u64,
 }
 
 /// Runs a replay command.
@@ -107,6 +114,20 @@ pub(crate) async fn run(
         .await
         .context("connecting to NATS (set NATS_URL)")?;
     let subjects = Subjects::new(&log_args.namespace);
+    let count = crate::streams::recorded_partitions(&log, &subjects, None).await?;
+    let partitions = Partitions::new(count).context("the recorded number of partitions")?;
+    let subjects = subjects.with_partitions(partitions);
+    if let Some(p) = range.partition
+        && p >= partitions.count()
+    {
+        bail!(
+            "--partition {p}: the log has partitions 0 to {}",
+            partitions.count() - 1
+        );
+    }
+    let filter = range
+        .partition
+        .map(|p| subjects.partition_events(Partition(p)));
     let stream = subjects.events_stream();
     let newest = log
         .last_sequence(&stream)
@@ -119,10 +140,12 @@ pub(crate) async fn run(
             range.from_seq
         );
     }
-    let mut fold = Fold {
+    let fresh = || Fold {
         presence: PresenceState::new(fold_settings.heartbeat_timeout_ms),
         active: ActiveUsers::new(fold_settings.session_ttl_ms, fold_settings.ema_alpha),
+        epoch: 0,
     };
+    let mut folds: HashMap<Partition, Fold> = HashMap::new();
     let in_window =
         |at: Millis| range.since.is_none_or(|s| at >= s) && range.until.is_none_or(|u| at <= u);
     let in_tenant = |t: &TenantId| tenant.as_ref().is_none_or(|want| want == t);
@@ -134,7 +157,11 @@ pub(crate) async fn run(
     );
     let mut latest: HashMap<UserKey, PresenceChange> = HashMap::new();
     let mut deliveries = log
-        .subscribe(&stream, StartAt::Sequence(range.from_seq), None)
+        .subscribe(
+            &stream,
+            filter.as_deref(),
+            StartAt::Sequence(range.from_seq),
+        )
         .await
         .context("reading the event stream")?;
     while let Some(delivered) = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
@@ -146,7 +173,12 @@ pub(crate) async fn run(
             break;
         }
         progress.set_position(delivered.seq - range.from_seq + 1);
+        let Some(partition) = subjects.partition_of_event_subject(&delivered.subject) else {
+            continue;
+        };
+        let fold = folds.entry(partition).or_insert_with(fresh);
         let (event, written) = match Event::decode(&delivered.payload) {
+            Ok(e) if presence_aggregator::is_fenced(&mut fold.epoch, &e) => continue,
             // Folded on the log's clock, exactly as the live aggregator folds it; the writer's
             // own time is kept for the timeline.
             Ok(e) => {
@@ -219,7 +251,8 @@ pub(crate) async fn run(
                 }
             }
         }
-        if delivered.seq >= to {
+        // The end of the range, or of what the (filtered) subscription has to give.
+        if delivered.seq >= to || delivered.pending == 0 {
             break;
         }
     }

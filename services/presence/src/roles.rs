@@ -20,7 +20,7 @@ use presence_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::streams::ensure_streams;
+use crate::streams::{ensure_streams, pin_partitions};
 
 /// What a started role reports: its listeners.
 type Listeners = Vec<(&'static str, SocketAddr)>;
@@ -59,14 +59,23 @@ async fn start_edge(
     Ok(vec![("public", public)])
 }
 
-/// Starts an aggregator, snapshotting to `snapshots` if given.
-fn start_aggregator(cx: &RoleContext, config: AggregatorConfig, snapshots: Option<Store>) {
+/// Starts an aggregator, snapshotting to `snapshots` if given; `readiness` turns true once
+/// it owns partitions or stands by.
+async fn start_aggregator(
+    cx: &RoleContext,
+    config: AggregatorConfig,
+    snapshots: Option<Store>,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
     let mut aggregator =
         Aggregator::new(config, cx.log.clone(), cx.subjects.clone(), cx.node.clone());
     if let Some(store) = snapshots {
         aggregator = aggregator.with_snapshots(store, cx.namespace.clone());
     }
-    aggregator.start(&cx.tasks, cx.shutdown.clone());
+    aggregator
+        .start(&cx.tasks, cx.shutdown.clone(), readiness)
+        .await
+        .context("joining the partitions' lease board")
 }
 
 /// Starts a persister writing to `store`.
@@ -104,8 +113,9 @@ pub(crate) async fn standalone(
     let event_log: Arc<dyn EventLog> = Arc::new(MemoryLog::starting_after(first));
     let environment = node.environment;
     serve("standalone", &node, &log, event_log, |cx| async move {
-        // The in-memory log restarts empty, so there is no snapshot to restart from.
-        start_aggregator(&cx, aggregator, None);
+        // The in-memory log restarts empty, so there is no snapshot to restart from. In one
+        // process, readiness is the edge's.
+        start_aggregator(&cx, aggregator, None, Readiness::default()).await?;
         if let Some(store) = &store {
             // In one process, readiness is the edge's.
             start_persister(&cx, persister, store.clone(), Readiness::default());
@@ -141,8 +151,7 @@ pub(crate) async fn aggregator(
     let store = optional_store(&db).await?;
     let event_log = connect(&log, "aggregator").await?;
     serve("aggregator", &node, &log, event_log, |cx| async move {
-        start_aggregator(&cx, aggregator, store);
-        cx.readiness.set(true);
+        start_aggregator(&cx, aggregator, store, cx.readiness.clone()).await?;
         Ok(vec![])
     })
     .await
@@ -203,6 +212,8 @@ where
     Fut: Future<Output = anyhow::Result<Listeners>>,
 {
     let subjects = Subjects::new(&log_args.namespace);
+    let partitions = pin_partitions(log.as_ref(), &subjects, log_args.partitions).await?;
+    let subjects = subjects.with_partitions(partitions);
     ensure_streams(log.as_ref(), &subjects, log_args)
         .await
         .context("creating the event streams")?;

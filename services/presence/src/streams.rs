@@ -1,10 +1,69 @@
-//! The streams of a cluster, created idempotently by every role at start-up.
+//! The streams of a cluster, created idempotently by every role at start-up, and the
+//! cluster's permanent settings.
 
 use std::time::Duration;
 
+use anyhow::{Context, bail};
+use bytes::Bytes;
 use presence_config::LogArgs;
-use presence_events::Subjects;
-use presence_log::{EventLog, LogError, StreamSpec};
+use presence_events::{Partitions, Subjects};
+use presence_log::{BoardSpec, EventLog, LogError, StreamSpec};
+
+const PARTITIONS_KEY: &str = "partitions";
+
+/// The number of partitions of the cluster's log: recorded by the first role that starts,
+/// and from then on the same for everyone. `configured` must match it.
+pub(crate) async fn pin_partitions(
+    log: &dyn EventLog,
+    subjects: &Subjects,
+    configured: u64,
+) -> anyhow::Result<Partitions> {
+    let stored = recorded_partitions(log, subjects, Some(configured)).await?;
+    if stored != configured {
+        bail!(
+            "this cluster's event log has {stored} partitions (fixed when its streams were created); \
+             PRESENCE_PARTITIONS is {configured}. Give every role {stored}, or move to a new \
+             PRESENCE_NAMESPACE and fill it by replay (docs/operations.md)"
+        );
+    }
+    Partitions::new(stored).context("PRESENCE_PARTITIONS")
+}
+
+/// The number of partitions recorded for the cluster, recording `record` if none is yet.
+pub(crate) async fn recorded_partitions(
+    log: &dyn EventLog,
+    subjects: &Subjects,
+    record: Option<u64>,
+) -> anyhow::Result<u64> {
+    let board = log
+        .board(BoardSpec {
+            name: subjects.cluster_bucket(),
+            max_age: Duration::ZERO,
+        })
+        .await
+        .context("opening the cluster's settings")?;
+    if let Some(n) = record
+        && board
+            .create(PARTITIONS_KEY, Bytes::from(n.to_string()))
+            .await
+            .context("recording the number of partitions")?
+            .is_some()
+    {
+        return Ok(n);
+    }
+    let entries = board
+        .entries()
+        .await
+        .context("reading the cluster's settings")?;
+    let entry = entries
+        .iter()
+        .find(|e| e.key == PARTITIONS_KEY)
+        .context("the cluster has no recorded number of partitions")?;
+    std::str::from_utf8(&entry.value)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .with_context(|| format!("unreadable number of partitions {:?}", entry.value))
+}
 
 /// Creates (or updates) the events, changes and metrics streams.
 pub(crate) async fn ensure_streams(
@@ -26,7 +85,7 @@ pub(crate) async fn ensure_streams(
     for (name, subject) in [
         (subjects.changes_stream(), subjects.changes_wildcard()),
         (subjects.metrics_stream(), subjects.metrics_wildcard()),
-        (subjects.stats_stream(), subjects.stats()),
+        (subjects.stats_stream(), subjects.stats_wildcard()),
     ] {
         log.ensure_stream(StreamSpec {
             name,

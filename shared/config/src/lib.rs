@@ -50,6 +50,11 @@ pub struct LogArgs {
     /// Most bytes the event stream keeps (oldest dropped first).
     #[arg(long, env = "PRESENCE_EVENTS_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
     pub events_max_bytes: i64,
+    /// Partitions of the event log, 1 to 256: fixed when the cluster's streams are first
+    /// created (every role must be given the same number; changing it means a new namespace,
+    /// filled by replay).
+    #[arg(long, env = "PRESENCE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub partitions: u64,
 }
 
 impl LogArgs {

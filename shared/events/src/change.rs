@@ -32,6 +32,14 @@ pub struct PresenceChange {
     pub at: Millis,
     /// Sequence in the event log of the event that caused it.
     pub seq: u64,
+    /// Lease epoch of the aggregator that derived it (0: a single process owning every
+    /// partition). Readers refuse changes of an epoch older than one they have seen.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What caused a presence change.

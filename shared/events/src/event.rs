@@ -26,6 +26,11 @@ pub struct Event {
     pub at: Millis,
     /// The node that wrote it.
     pub node: NodeId,
+    /// The lease epoch of the partition's owner, on the events the owner writes (clock
+    /// ticks): the fold ignores ticks of an epoch older than one it has already seen, so a
+    /// deposed owner's clock never sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// What happened.
     pub body: EventBody,
 }
@@ -191,6 +196,7 @@ impl Event {
             id: Uuid::now_v7(),
             at,
             node,
+            epoch: None,
             body,
         }
     }

@@ -11,6 +11,7 @@ mod codec;
 mod event;
 mod ids;
 mod metrics;
+mod partition;
 mod stats;
 mod status;
 mod subjects;
@@ -25,6 +26,7 @@ pub use ids::{
     ConnId, IdError, NodeId, SessionId, TabId, TabKey, TenantId, UserId, UserKey, ViewerClass,
 };
 pub use metrics::TenantMetrics;
+pub use partition::{EpochFence, MAX_PARTITIONS, Partition, PartitionCountError, Partitions};
 pub use stats::{ClusterStats, PresenceStats};
 pub use status::{Details, DetailsError, SetStatus, Status, StatusError};
 pub use subjects::{Subjects, hex_token};

@@ -19,6 +19,9 @@ pub struct TenantMetrics {
     pub ema: f64,
     /// Sequence in the event log of the tick.
     pub seq: u64,
+    /// Lease epoch of the aggregator that computed it (see [`crate::PresenceChange::epoch`]).
+    #[serde(default, skip_serializing_if = "crate::change::is_zero")]
+    pub epoch: u64,
 }
 
 impl TenantMetrics {

@@ -33,6 +33,18 @@ pub struct ClusterStats {
     pub started_at: Millis,
     /// Event-log sequence of the tick.
     pub seq: u64,
+    /// The partition these figures are of (the cluster's are the sum over partitions).
+    #[serde(default)]
+    pub partition: crate::Partition,
+    /// The aggregator that owns the partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::NodeId>,
+    /// Its lease epoch (0: one process owns every partition).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Events of the partition waiting to be folded when the tick was.
+    #[serde(default)]
+    pub lag: u64,
 }
 
 impl ClusterStats {

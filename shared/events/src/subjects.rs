@@ -1,20 +1,51 @@
 //! Names of the streams and subjects, derived from one namespace so that several clusters
 //! (or test runs) can share a NATS server without seeing each other.
 
-use crate::{TenantId, UserId};
+use crate::{Partition, Partitions, TenantId, UserId};
 
-/// The streams and subjects of one cluster.
+/// The streams and subjects of one cluster, and how its event log is partitioned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
     namespace: String,
+    partitions: Partitions,
 }
 
 impl Subjects {
-    /// Subjects under `namespace` (lower-case letters, digits, `-`, `_`; `presence` by default).
+    /// Subjects under `namespace` (lower-case letters, digits, `-`, `_`; `presence` by
+    /// default), with one partition.
     pub fn new(namespace: &str) -> Self {
         Self {
             namespace: namespace.to_owned(),
+            partitions: Partitions::one(),
         }
+    }
+
+    /// The same subjects over `partitions` partitions.
+    pub fn with_partitions(mut self, partitions: Partitions) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// How the event log is partitioned.
+    pub fn partitions(&self) -> Partitions {
+        self.partitions
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The key-value bucket of the partitions' leases and the aggregators' membership
+    /// (`PRESENCE_LEASES`).
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_LEASES", self.namespace.to_ascii_uppercase())
+    }
+
+    /// The key-value bucket of the cluster's permanent settings, such as the number of
+    /// partitions (`PRESENCE_CLUSTER`).
+    pub fn cluster_bucket(&self) -> String {
+        format!("{}_CLUSTER", self.namespace.to_ascii_uppercase())
     }
 
     /// Name of the stream of events (`PRESENCE_EVENTS`).
@@ -32,9 +63,24 @@ impl Subjects {
         format!("{}.events.>", self.namespace)
     }
 
-    /// The subject of one kind of event (`presence.events.join`).
-    pub fn event(&self, kind: &str) -> String {
-        format!("{}.events.{kind}", self.namespace)
+    /// The subject of one kind of event in one partition (`presence.events.3.join`).
+    pub fn event(&self, partition: Partition, kind: &str) -> String {
+        format!("{}.events.{partition}.{kind}", self.namespace)
+    }
+
+    /// All event subjects of one partition (`presence.events.3.>`).
+    pub fn partition_events(&self, partition: Partition) -> String {
+        format!("{}.events.{partition}.>", self.namespace)
+    }
+
+    /// The partition of an event subject, if it is one of this cluster's.
+    pub fn partition_of_event_subject(&self, subject: &str) -> Option<Partition> {
+        let rest = subject
+            .strip_prefix(&self.namespace)?
+            .strip_prefix(".events.")?;
+        let (p, _kind) = rest.split_once('.')?;
+        let p: u16 = p.parse().ok()?;
+        (p < self.partitions.count()).then_some(Partition(p))
     }
 
     /// Name of the stream of per-customer active-user metrics (`PRESENCE_METRICS`).
@@ -57,9 +103,14 @@ impl Subjects {
         format!("{}_STATS", self.namespace.to_ascii_uppercase())
     }
 
-    /// The subject of the cluster figures (`presence.stats`); the stream keeps the last.
-    pub fn stats(&self) -> String {
-        format!("{}.stats", self.namespace)
+    /// The subject of one partition's figures (`presence.stats.3`); the stream keeps the last.
+    pub fn stats(&self, partition: Partition) -> String {
+        format!("{}.stats.{partition}", self.namespace)
+    }
+
+    /// All figures subjects (`presence.stats.>`).
+    pub fn stats_wildcard(&self) -> String {
+        format!("{}.stats.>", self.namespace)
     }
 
     /// All change subjects (`presence.changes.>`).
@@ -102,5 +153,16 @@ mod tests {
         );
         assert_eq!(subject, "presence.changes.default.612e62202a3e");
         assert_eq!(s.events_stream(), "PRESENCE_EVENTS");
+    }
+
+    #[test]
+    fn event_subjects_name_their_partition() {
+        let s = Subjects::new("presence").with_partitions(Partitions::new(4).unwrap());
+        let subject = s.event(Partition(3), "join");
+        assert_eq!(subject, "presence.events.3.join");
+        assert_eq!(s.partition_of_event_subject(&subject), Some(Partition(3)));
+        assert_eq!(s.partition_of_event_subject("presence.events.4.join"), None);
+        assert_eq!(s.partition_of_event_subject("other.events.1.join"), None);
+        assert_eq!(s.partition_events(Partition(1)), "presence.events.1.>");
     }
 }

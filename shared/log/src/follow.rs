@@ -61,7 +61,7 @@ impl<T, E: Display> LatestFeed<T, E> {
         let stream = self.stream.as_str();
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match log.subscribe(stream, StartAt::LastPerSubject, None).await {
+            match log.subscribe(stream, None, StartAt::LastPerSubject).await {
                 Ok(mut deliveries) => {
                     backoff = Duration::from_millis(100);
                     on_subscribed();

@@ -2,13 +2,17 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::{
-    AckFuture, Acker, Delivered, Deliveries, EventLog, LogError, Outgoing, StartAt, StreamSpec,
+    AckFuture, Acker, Board, BoardEntry, BoardSpec, Delivered, Deliveries, EventLog, LogError,
+    Outgoing, StartAt, StreamSpec,
 };
 
 /// The event log on a NATS JetStream server.
@@ -20,6 +24,9 @@ const PULL_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Most messages one pull of an ordered consumer asks for, for the same reason (100 beat
 /// batches are about 25 MB; the client's default is 500).
 const ORDERED_MAX_BATCH: i64 = 100;
+/// A message of a shared subscription not acknowledged this long after delivery (its reader
+/// died or stalled) is delivered again.
+const SHARED_ACK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct JetStreamLog {
@@ -69,6 +76,115 @@ fn deliver_policy(start: StartAt) -> consumer::DeliverPolicy {
         },
         StartAt::LastPerSubject => consumer::DeliverPolicy::LastPerSubject,
         StartAt::New => consumer::DeliverPolicy::New,
+    }
+}
+
+fn consume_error(stream: &str, e: &dyn std::fmt::Display) -> LogError {
+    LogError::Consume {
+        stream: stream.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// A subscription's messages as [`Deliveries`].
+fn deliveries(
+    stream: &str,
+    messages: BoxStream<'static, Result<jetstream::Message, String>>,
+    acked: bool,
+) -> Deliveries {
+    let name = stream.to_owned();
+    Box::pin(messages.map(move |m| {
+        m.map_err(|reason| LogError::Consume {
+            stream: name.clone(),
+            reason,
+        })
+        .and_then(|m| into_delivered(&name, m, acked))
+    }))
+}
+
+/// A JetStream key-value bucket.
+struct JetStreamBoard {
+    name: String,
+    store: kv::Store,
+}
+
+impl JetStreamBoard {
+    fn error(&self, e: &dyn std::fmt::Display) -> LogError {
+        LogError::Board {
+            board: self.name.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl Board for JetStreamBoard {
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+        Box::pin(async move {
+            match self.store.create(key, value).await {
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(self.error(&e)),
+            }
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+        Box::pin(async move {
+            match self.store.update(key, value, revision).await {
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(self.error(&e)),
+            }
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<u64, LogError>> {
+        Box::pin(async move { self.store.put(key, value).await.map_err(|e| self.error(&e)) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, Result<bool, LogError>> {
+        Box::pin(async move {
+            match self.store.delete_expect_revision(key, Some(revision)).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.to_string().contains("wrong last sequence") => Ok(false),
+                Err(e) => Err(self.error(&e)),
+            }
+        })
+    }
+
+    fn entries(&self) -> BoxFuture<'_, Result<Vec<BoardEntry>, LogError>> {
+        Box::pin(async move {
+            let keys: Vec<String> = self
+                .store
+                .keys()
+                .await
+                .map_err(|e| self.error(&e))?
+                .try_collect()
+                .await
+                .map_err(|e| self.error(&e))?;
+            let mut entries = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some(entry) = self.store.entry(key).await.map_err(|e| self.error(&e))?
+                    && entry.operation == kv::Operation::Put
+                {
+                    entries.push(BoardEntry {
+                        key: entry.key,
+                        value: entry.value,
+                        revision: entry.revision,
+                    });
+                }
+            }
+            Ok(entries)
+        })
     }
 }
 
@@ -162,77 +278,108 @@ impl EventLog for JetStreamLog {
     fn subscribe<'a>(
         &'a self,
         stream_name: &'a str,
+        filter: Option<&'a str>,
         start: StartAt,
-        durable: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Deliveries, LogError>> {
         Box::pin(async move {
             let stream = self.stream(stream_name).await?;
-            let consume_error = |e: &dyn std::fmt::Display| LogError::Consume {
-                stream: stream_name.to_owned(),
-                reason: e.to_string(),
-            };
             // "Last per subject" needs a filter; the stream's own subjects select everything.
-            let filter_subject = match start {
-                StartAt::LastPerSubject => stream
+            let filter_subject = match (filter, start) {
+                (Some(filter), _) => filter.to_owned(),
+                (None, StartAt::LastPerSubject) => stream
                     .cached_info()
                     .config
                     .subjects
                     .first()
                     .cloned()
                     .unwrap_or_default(),
-                _ => String::new(),
+                (None, _) => String::new(),
             };
-            let messages: BoxStream<'static, Result<jetstream::Message, String>> = match durable {
-                Some(durable) => {
-                    // Replace any earlier consumer of this name: the caller decides where to resume.
-                    if let Err(e) = stream.delete_consumer(durable).await {
-                        tracing::debug!(error = %e, durable, "no earlier consumer to replace");
-                    }
-                    let consumer = stream
-                        .create_consumer(consumer::pull::Config {
-                            durable_name: Some(durable.to_owned()),
-                            deliver_policy: deliver_policy(start),
-                            filter_subject: filter_subject.clone(),
-                            ack_policy: consumer::AckPolicy::All,
-                            max_ack_pending: 100_000,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| consume_error(&e))?;
-                    let messages = consumer
-                        .stream()
-                        .max_messages_per_batch(1000)
-                        .max_bytes_per_batch(PULL_MAX_BYTES)
-                        .messages()
-                        .await
-                        .map_err(|e| consume_error(&e))?;
-                    Box::pin(messages.map_err(|e| e.to_string()))
-                }
-                None => {
-                    let consumer = stream
-                        .create_consumer(consumer::pull::OrderedConfig {
-                            deliver_policy: deliver_policy(start),
-                            filter_subject,
-                            // Ordered pulls have no byte limit: cap their count instead.
-                            max_batch: ORDERED_MAX_BATCH,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| consume_error(&e))?;
-                    let messages = consumer.messages().await.map_err(|e| consume_error(&e))?;
-                    Box::pin(messages.map_err(|e| e.to_string()))
-                }
-            };
-            let name = stream_name.to_owned();
-            let acked = durable.is_some();
-            let deliveries: Deliveries = Box::pin(messages.map(move |m| {
-                m.map_err(|reason| LogError::Consume {
-                    stream: name.clone(),
-                    reason,
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: deliver_policy(start),
+                    filter_subject,
+                    // Ordered pulls have no byte limit: cap their count instead.
+                    max_batch: ORDERED_MAX_BATCH,
+                    ..Default::default()
                 })
-                .and_then(|m| into_delivered(&name, m, acked))
-            }));
-            Ok(deliveries)
+                .await
+                .map_err(|e| consume_error(stream_name, &e))?;
+            let messages = consumer
+                .messages()
+                .await
+                .map_err(|e| consume_error(stream_name, &e))?;
+            Ok(deliveries(
+                stream_name,
+                Box::pin(messages.map_err(|e| e.to_string())),
+                false,
+            ))
+        })
+    }
+
+    fn subscribe_shared<'a>(
+        &'a self,
+        stream_name: &'a str,
+        durable: &'a str,
+        start_if_new: StartAt,
+    ) -> BoxFuture<'a, Result<Deliveries, LogError>> {
+        Box::pin(async move {
+            let stream = self.stream(stream_name).await?;
+            // Never replaced: every reader of the name shares it, and it keeps its place.
+            let consumer = stream
+                .get_or_create_consumer(
+                    durable,
+                    consumer::pull::Config {
+                        durable_name: Some(durable.to_owned()),
+                        deliver_policy: deliver_policy(start_if_new),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: SHARED_ACK_WAIT,
+                        max_ack_pending: 100_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| consume_error(stream_name, &e))?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(1000)
+                .max_bytes_per_batch(PULL_MAX_BYTES)
+                .messages()
+                .await
+                .map_err(|e| consume_error(stream_name, &e))?;
+            Ok(deliveries(
+                stream_name,
+                Box::pin(messages.map_err(|e| e.to_string())),
+                true,
+            ))
+        })
+    }
+
+    fn board(&self, spec: BoardSpec) -> BoxFuture<'_, Result<Arc<dyn Board>, LogError>> {
+        Box::pin(async move {
+            let board_error = |e: &dyn std::fmt::Display| LogError::Board {
+                board: spec.name.clone(),
+                reason: e.to_string(),
+            };
+            let store = match self.context.get_key_value(&spec.name).await {
+                Ok(store) => store,
+                Err(_) => self
+                    .context
+                    .create_key_value(kv::Config {
+                        bucket: spec.name.clone(),
+                        history: 1,
+                        max_age: spec.max_age,
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| board_error(&e))?,
+            };
+            let board: Arc<dyn Board> = Arc::new(JetStreamBoard {
+                name: spec.name,
+                store,
+            });
+            Ok(board)
         })
     }
 

@@ -9,6 +9,7 @@ mod follow;
 mod jetstream;
 mod memory;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use futures::stream::BoxStream;
 
 pub use follow::{Latest, LatestFeed};
 pub use jetstream::JetStreamLog;
-pub use memory::MemoryLog;
+pub use memory::{MemoryBoard, MemoryLog};
 
 /// Why the log refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,14 @@ pub enum LogError {
     Publish {
         /// Its subject.
         subject: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A key-value board could not be opened, read or written.
+    #[error("board {board}: {reason}")]
+    Board {
+        /// The board.
+        board: String,
         /// What failed.
         reason: String,
     },
@@ -145,17 +154,82 @@ pub trait EventLog: Send + Sync + 'static {
     /// returned future resolves once this one is durable.
     fn publish(&self, msg: Outgoing) -> BoxFuture<'_, Result<AckFuture, LogError>>;
 
-    /// Reads `stream` from `start`. With a `durable` name the subscription is tracked by the
-    /// log and acknowledged with [`Delivered::ack`]; an existing one of that name is replaced.
+    /// Reads the messages of `stream` (only those on subjects matching `filter`, if given)
+    /// from `start`, in order. Nothing is tracked by the log: a reader that restarts says
+    /// again where to start.
     fn subscribe<'a>(
         &'a self,
         stream: &'a str,
+        filter: Option<&'a str>,
         start: StartAt,
-        durable: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Deliveries, LogError>>;
+
+    /// Joins the shared subscription `durable` of `stream`, created at `start_if_new` if it
+    /// does not exist yet. Every process that joins it gets a share of the messages; each
+    /// message is acknowledged on its own with [`Delivered::ack`], and one not acknowledged in
+    /// time (its reader died) is delivered again, to whoever reads next.
+    fn subscribe_shared<'a>(
+        &'a self,
+        stream: &'a str,
+        durable: &'a str,
+        start_if_new: StartAt,
+    ) -> BoxFuture<'a, Result<Deliveries, LogError>>;
+
+    /// Opens (creating if needed) a key-value board.
+    fn board(&self, spec: BoardSpec) -> BoxFuture<'_, Result<Arc<dyn Board>, LogError>>;
 
     /// Sequence of the newest message of `stream` (0 when empty).
     fn last_sequence<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<u64, LogError>>;
+}
+
+/// A key-value board to open with [`EventLog::board`].
+#[derive(Debug, Clone)]
+pub struct BoardSpec {
+    /// Its name.
+    pub name: String,
+    /// An entry not written again for this long disappears (zero: never).
+    pub max_age: Duration,
+}
+
+/// One key's current value on a [`Board`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardEntry {
+    /// The key.
+    pub key: String,
+    /// Its value.
+    pub value: Bytes,
+    /// The revision of this value: every write gets a higher one than any before it.
+    pub revision: u64,
+}
+
+/// A small key-value store with compare-and-set on revisions (a JetStream key-value bucket
+/// in a cluster), for leases and permanent settings.
+pub trait Board: Send + Sync + 'static {
+    /// Writes `value` under `key` if the key holds nothing; its revision, or `None` if it
+    /// holds a value already.
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>>;
+
+    /// Replaces the value of `key` if its revision is still `revision`; the new revision, or
+    /// `None` if the key was written (or emptied) since.
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>>;
+
+    /// Writes `value` under `key` whatever it holds; the new revision.
+    fn put<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<u64, LogError>>;
+
+    /// Empties `key` if its revision is still `revision`; whether it did.
+    fn delete<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, Result<bool, LogError>>;
+
+    /// Every key that holds a value.
+    fn entries(&self) -> BoxFuture<'_, Result<Vec<BoardEntry>, LogError>>;
 }
 
 /// Sends a message and waits until it is durable; returns its sequence.

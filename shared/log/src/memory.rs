@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -12,13 +12,15 @@ use futures::stream;
 use tokio::sync::watch;
 
 use crate::{
-    AckFuture, Acker, Delivered, Deliveries, EventLog, LogError, Outgoing, StartAt, StreamSpec,
+    AckFuture, Acker, Board, BoardEntry, BoardSpec, Delivered, Deliveries, EventLog, LogError,
+    Outgoing, StartAt, StreamSpec,
 };
 
 /// An in-process event log.
 #[derive(Clone, Default)]
 pub struct MemoryLog {
     streams: Arc<Mutex<Vec<MemStream>>>,
+    boards: Arc<Mutex<HashMap<String, Arc<MemoryBoard>>>>,
     /// Sequences of every stream start after this.
     base_seq: u64,
 }
@@ -57,6 +59,7 @@ impl MemoryLog {
     pub fn starting_after(seq: u64) -> Self {
         Self {
             streams: Arc::default(),
+            boards: Arc::default(),
             base_seq: seq,
         }
     }
@@ -175,6 +178,8 @@ struct Cursor {
     stream: String,
     /// Sequences to deliver first (the last message of each subject), in order.
     backlog: VecDeque<u64>,
+    /// Only messages on subjects matching this.
+    filter: Option<String>,
     next: u64,
     appended: watch::Receiver<u64>,
 }
@@ -194,10 +199,17 @@ impl Cursor {
                 return Ok(Some(delivered(seq, stored, stream.last_seq - seq)));
             }
         }
-        Ok(stream.next_from(self.next).map(|(seq, stored, pending)| {
+        while let Some((seq, stored, pending)) = stream.next_from(self.next) {
             self.next = seq + 1;
-            delivered(seq, stored, pending)
-        }))
+            if self
+                .filter
+                .as_deref()
+                .is_none_or(|f| subject_matches(f, &stored.subject))
+            {
+                return Ok(Some(delivered(seq, stored, pending)));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -209,6 +221,102 @@ fn delivered(seq: u64, stored: &Stored, pending: u64) -> Delivered {
         pending,
         stored_ms: stored.stored_ms,
         ack: Acker::None,
+    }
+}
+
+/// An in-process key-value board: entries expire `max_age` after they were written.
+pub struct MemoryBoard {
+    max_age: Duration,
+    state: Mutex<BoardState>,
+}
+
+#[derive(Default)]
+struct BoardState {
+    revision: u64,
+    entries: HashMap<String, (Bytes, u64, Instant)>,
+}
+
+impl MemoryBoard {
+    fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            state: Mutex::default(),
+        }
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut BoardState) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.max_age.is_zero() {
+            let max_age = self.max_age;
+            state
+                .entries
+                .retain(|_, (_, _, written)| written.elapsed() < max_age);
+        }
+        f(&mut state)
+    }
+}
+
+impl BoardState {
+    fn write(&mut self, key: &str, value: Bytes) -> u64 {
+        self.revision += 1;
+        self.entries
+            .insert(key.to_owned(), (value, self.revision, Instant::now()));
+        self.revision
+    }
+}
+
+impl Board for MemoryBoard {
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+        let created =
+            self.with_state(|s| (!s.entries.contains_key(key)).then(|| s.write(key, value)));
+        Box::pin(async move { Ok(created) })
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+        let updated = self.with_state(|s| {
+            let current = s.entries.get(key).map(|(_, r, _)| *r);
+            (current == Some(revision)).then(|| s.write(key, value))
+        });
+        Box::pin(async move { Ok(updated) })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<u64, LogError>> {
+        let revision = self.with_state(|s| s.write(key, value));
+        Box::pin(async move { Ok(revision) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, Result<bool, LogError>> {
+        let deleted = self.with_state(|s| {
+            let current = s.entries.get(key).map(|(_, r, _)| *r);
+            current == Some(revision) && s.entries.remove(key).is_some()
+        });
+        Box::pin(async move { Ok(deleted) })
+    }
+
+    fn entries(&self) -> BoxFuture<'_, Result<Vec<BoardEntry>, LogError>> {
+        let entries = self.with_state(|s| {
+            let mut entries: Vec<BoardEntry> = s
+                .entries
+                .iter()
+                .map(|(key, (value, revision, _))| BoardEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                    revision: *revision,
+                })
+                .collect();
+            entries.sort_by(|a, b| a.key.cmp(&b.key));
+            entries
+        });
+        Box::pin(async move { Ok(entries) })
     }
 }
 
@@ -254,9 +362,10 @@ impl EventLog for MemoryLog {
     fn subscribe<'a>(
         &'a self,
         stream: &'a str,
+        filter: Option<&'a str>,
         start: StartAt,
-        _durable: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Deliveries, LogError>> {
+        let filter = filter.map(str::to_owned);
         Box::pin(async move {
             let cursor = {
                 let streams = self.lock();
@@ -272,7 +381,16 @@ impl EventLog for MemoryLog {
                     StartAt::Sequence(seq) => seq.max(1),
                     StartAt::New => s.last_seq + 1,
                     StartAt::LastPerSubject => {
-                        backlog = s.last_by_subject.values().copied().collect();
+                        backlog = s
+                            .last_by_subject
+                            .iter()
+                            .filter(|(subject, _)| {
+                                filter
+                                    .as_deref()
+                                    .is_none_or(|f| subject_matches(f, subject))
+                            })
+                            .map(|(_, seq)| *seq)
+                            .collect();
                         backlog.sort_unstable();
                         s.last_seq + 1
                     }
@@ -281,6 +399,7 @@ impl EventLog for MemoryLog {
                     log: self.clone(),
                     stream: stream.to_owned(),
                     backlog: backlog.into(),
+                    filter,
                     next,
                     appended: s.appended.subscribe(),
                 }
@@ -300,6 +419,30 @@ impl EventLog for MemoryLog {
             });
             let deliveries: Deliveries = Box::pin(deliveries);
             Ok(deliveries)
+        })
+    }
+
+    fn subscribe_shared<'a>(
+        &'a self,
+        stream: &'a str,
+        _durable: &'a str,
+        start_if_new: StartAt,
+    ) -> BoxFuture<'a, Result<Deliveries, LogError>> {
+        // One process holds the log: the only reader of a shared subscription is this one.
+        self.subscribe(stream, None, start_if_new)
+    }
+
+    fn board(&self, spec: BoardSpec) -> BoxFuture<'_, Result<Arc<dyn Board>, LogError>> {
+        let board = {
+            let mut boards = self.boards.lock().unwrap_or_else(|e| e.into_inner());
+            boards
+                .entry(spec.name.clone())
+                .or_insert_with(|| Arc::new(MemoryBoard::new(spec.max_age)))
+                .clone()
+        };
+        Box::pin(async move {
+            let board: Arc<dyn Board> = board;
+            Ok(board)
         })
     }
 
@@ -370,7 +513,7 @@ mod tests {
             1
         );
         let mut sub = log
-            .subscribe("E", StartAt::Sequence(1), None)
+            .subscribe("E", None, StartAt::Sequence(1))
             .await
             .unwrap();
         assert_eq!(sub.next().await.unwrap().unwrap().seq, 1);
@@ -391,7 +534,7 @@ mod tests {
                 .unwrap();
         }
         let mut sub = log
-            .subscribe("C", StartAt::LastPerSubject, None)
+            .subscribe("C", None, StartAt::LastPerSubject)
             .await
             .unwrap();
         let first = sub.next().await.unwrap().unwrap();
@@ -399,5 +542,63 @@ mod tests {
         assert_eq!((first.seq, second.seq), (2, 3));
         crate::publish_durable(&log, msg("c.b", "4")).await.unwrap();
         assert_eq!(sub.next().await.unwrap().unwrap().seq, 4);
+    }
+
+    #[tokio::test]
+    async fn a_filtered_subscription_sees_only_its_subjects() {
+        let log = MemoryLog::new();
+        log.ensure_stream(spec("E", "e.>", 0)).await.unwrap();
+        for (subject, id) in [("e.0.join", "1"), ("e.1.join", "2"), ("e.0.leave", "3")] {
+            crate::publish_durable(&log, msg(subject, id))
+                .await
+                .unwrap();
+        }
+        let mut sub = log
+            .subscribe("E", Some("e.0.>"), StartAt::Sequence(1))
+            .await
+            .unwrap();
+        assert_eq!(sub.next().await.unwrap().unwrap().seq, 1);
+        assert_eq!(sub.next().await.unwrap().unwrap().seq, 3);
+        crate::publish_durable(&log, msg("e.1.beat", "4"))
+            .await
+            .unwrap();
+        crate::publish_durable(&log, msg("e.0.beat", "5"))
+            .await
+            .unwrap();
+        assert_eq!(sub.next().await.unwrap().unwrap().seq, 5);
+    }
+
+    #[tokio::test]
+    async fn a_board_sets_by_revision_and_forgets_what_is_not_rewritten() {
+        let log = MemoryLog::new();
+        let board = log
+            .board(BoardSpec {
+                name: "B".into(),
+                max_age: Duration::from_millis(200),
+            })
+            .await
+            .unwrap();
+        let r1 = board.create("k", Bytes::from("a")).await.unwrap().unwrap();
+        assert_eq!(board.create("k", Bytes::from("b")).await.unwrap(), None);
+        let r2 = board
+            .update("k", Bytes::from("c"), r1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r2 > r1);
+        assert_eq!(board.update("k", Bytes::from("d"), r1).await.unwrap(), None);
+        assert!(!board.delete("k", r1).await.unwrap());
+        let entries = board.entries().await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].value.as_ref(), entries[0].revision),
+            (&b"c"[..], r2)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(board.entries().await.unwrap().is_empty());
+        let r3 = board.create("k", Bytes::from("e")).await.unwrap().unwrap();
+        assert!(r3 > r2);
+        assert!(board.delete("k", r3).await.unwrap());
+        assert!(board.entries().await.unwrap().is_empty());
     }
 }

@@ -204,24 +204,30 @@ impl Store {
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
 
-    /// Replaces the aggregator snapshot of `namespace` if `seq` is newer.
+    /// Replaces the aggregator snapshot of `namespace` if it was saved under an older lease
+    /// epoch, or under the same one at an older `seq`. Returns whether it did: `false` means
+    /// an owner of a newer epoch has saved since (the caller was deposed) or nothing is newer.
     pub async fn save_snapshot(
         &self,
         namespace: &str,
         seq: u64,
         state: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO aggregator_snapshots (namespace, seq, state) VALUES ($1, $2, $3)
-             ON CONFLICT (namespace) DO UPDATE SET seq = EXCLUDED.seq, state = EXCLUDED.state, saved_at = now()
-             WHERE aggregator_snapshots.seq < EXCLUDED.seq",
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO aggregator_snapshots (namespace, seq, state, epoch) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (namespace) DO UPDATE
+             SET seq = EXCLUDED.seq, state = EXCLUDED.state, epoch = EXCLUDED.epoch, saved_at = now()
+             WHERE aggregator_snapshots.epoch < EXCLUDED.epoch
+                OR (aggregator_snapshots.epoch = EXCLUDED.epoch AND aggregator_snapshots.seq < EXCLUDED.seq)",
         )
         .bind(namespace)
         .bind(seq as i64)
         .bind(state)
+        .bind(epoch as i64)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     /// The newest aggregator snapshot of `namespace`: (sequence, state as JSON).

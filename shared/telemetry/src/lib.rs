@@ -54,15 +54,10 @@ pub fn zero_counter(name: &'static str, help: &'static str) {
 
 /// A counter family exported from start-up: its help text, and a series at 0 for each known
 /// value of its one label.
-pub fn zero_counters(
-    name: &'static str,
-    help: &'static str,
-    label: &'static str,
-    values: &[&'static str],
-) {
+pub fn zero_counters(name: &'static str, help: &'static str, label: &'static str, values: &[&str]) {
     metrics::describe_counter!(name, help);
     for value in values {
-        metrics::counter!(name, label => *value).absolute(0);
+        metrics::counter!(name, label => (*value).to_owned()).absolute(0);
     }
 }
 
@@ -74,15 +69,10 @@ pub fn zero_gauge(name: &'static str, help: &'static str) {
 
 /// A gauge family exported from start-up: its help text, and a series at 0 for each known
 /// value of its one label.
-pub fn zero_gauges(
-    name: &'static str,
-    help: &'static str,
-    label: &'static str,
-    values: &[&'static str],
-) {
+pub fn zero_gauges(name: &'static str, help: &'static str, label: &'static str, values: &[&str]) {
     metrics::describe_gauge!(name, help);
     for value in values {
-        metrics::gauge!(name, label => *value).set(0.0);
+        metrics::gauge!(name, label => (*value).to_owned()).set(0.0);
     }
 }
 

@@ -195,6 +195,7 @@ mod tests {
             count,
             ema: count as f64,
             seq: at,
+            epoch: 0,
         }
     }
 

@@ -17,6 +17,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, header};
 use axum::routing::{get, post};
+use presence_events::EpochFence;
 use presence_events::{Subjects, TenantMetrics};
 use presence_log::{EventLog, LatestFeed};
 use tokio_util::sync::CancellationToken;
@@ -72,7 +73,16 @@ impl ActiveUsers {
         let hub = Arc::new(MetricsHub::new(settings.announcements));
         let ticks = LatestFeed::new("metrics", subjects.metrics_stream(), TenantMetrics::decode);
         let taker = hub.clone();
-        tasks.spawn(ticks.keep(log, shutdown.clone(), move |t| taker.update(&t.value)));
+        let partitions = subjects.partitions();
+        let mut fence = EpochFence::default();
+        tasks.spawn(ticks.keep(log, shutdown.clone(), move |t| {
+            // A deposed aggregator's late figures are refused (see `EpochFence`).
+            if fence.admit(partitions.of_tenant(&t.value.tenant), t.value.epoch) {
+                taker.update(&t.value);
+            } else {
+                metrics::counter!("presence_feed_fenced_total", "feed" => "metrics").increment(1);
+            }
+        }));
         let cx = Arc::new(ActiveUsersContext {
             publisher: ingress.publisher.clone(),
             beats: ingress.beats.clone(),

@@ -157,14 +157,17 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
         let mut beats: Vec<BeatEntry> = pending.conns.drain().map(|(_, entry)| entry).collect();
         beats.sort_unstable_by_key(|b| b.conn);
         metrics::histogram!("presence_beat_batch_connections").record(beats.len() as f64);
-        let bodies = beats
-            .chunks(MAX_BEATS_PER_MESSAGE)
-            .map(|chunk| EventBody::Beat {
-                beats: chunk.to_vec(),
-            });
-        // An unencodable batch is counted and logged where it is encoded; its beats are lost
-        // and the connections are swept unless they beat again.
-        messages.extend(bodies.filter_map(|body| publisher.message(body).ok()));
+        // One batch per partition: each partition's fold reads only its own.
+        for (partition, beats) in publisher.partitions().split_beats(beats) {
+            let bodies = beats
+                .chunks(MAX_BEATS_PER_MESSAGE)
+                .map(|chunk| EventBody::Beat {
+                    beats: chunk.to_vec(),
+                });
+            // An unencodable batch is counted and logged where it is encoded; its beats are
+            // lost and the connections are swept unless they beat again.
+            messages.extend(bodies.filter_map(|body| publisher.message_in(partition, body).ok()));
+        }
     }
     // The tab beats' waiters are told whether the tab beats were stored.
     let mut tabs_unencodable = false;
@@ -179,13 +182,15 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
                 at,
             })
             .collect();
-        for chunk in beats.chunks(MAX_BEATS_PER_MESSAGE) {
-            let body = EventBody::SessionBeat {
-                beats: chunk.to_vec(),
-            };
-            match publisher.message(body) {
-                Ok(message) => messages.push(message),
-                Err(_) => tabs_unencodable = true,
+        for (partition, beats) in publisher.partitions().split_tab_beats(beats) {
+            for chunk in beats.chunks(MAX_BEATS_PER_MESSAGE) {
+                let body = EventBody::SessionBeat {
+                    beats: chunk.to_vec(),
+                };
+                match publisher.message_in(partition, body) {
+                    Ok(message) => messages.push(message),
+                    Err(_) => tabs_unencodable = true,
+                }
             }
         }
     }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use presence_events::{EncodeError, Event, EventBody, Millis, NodeId, Subjects};
+use presence_events::{
+    EncodeError, Event, EventBody, Millis, NodeId, Partition, Partitions, Subjects,
+};
 use presence_log::{EventLog, LogError, Outgoing, publish_durable};
 
 /// Why an event was not appended.
@@ -15,6 +17,9 @@ pub(crate) enum PublishError {
     /// It could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// It spans partitions (a batch) or is not an edge's to write (a clock tick).
+    #[error("a {0} event has no partition of its own")]
+    NoPartition(&'static str),
 }
 
 /// Appends events of this edge.
@@ -38,16 +43,37 @@ impl EventPublisher {
         self.log.as_ref()
     }
 
-    /// The log message for an event happening now. An event that cannot be encoded (a bug:
-    /// events hold only strings and numbers) is counted and logged, and never appended.
+    /// How the log is partitioned.
+    pub(crate) fn partitions(&self) -> Partitions {
+        self.subjects.partitions()
+    }
+
+    /// The log message for an event of one user or customer happening now, in its partition.
+    /// An event that cannot be encoded (a bug: events hold only strings and numbers) is
+    /// counted and logged, and never appended.
     pub(crate) fn message(&self, body: EventBody) -> Result<Outgoing, PublishError> {
+        let partition = self
+            .subjects
+            .partitions()
+            .of_event(&body)
+            .ok_or(PublishError::NoPartition(body.kind()))?;
+        self.message_in(partition, body)
+    }
+
+    /// The log message for an event happening now in `partition` (a batch of beats, all of
+    /// that partition).
+    pub(crate) fn message_in(
+        &self,
+        partition: Partition,
+        body: EventBody,
+    ) -> Result<Outgoing, PublishError> {
         let event = Event::new(self.node.clone(), Millis::now(), body);
         let payload = event.encode().inspect_err(|e| {
             metrics::counter!("presence_encode_failures_total", "what" => e.what).increment(1);
             tracing::error!(error = %e, kind = event.kind(), "cannot encode an event");
         })?;
         Ok(Outgoing {
-            subject: self.subjects.event(event.kind()),
+            subject: self.subjects.event(partition, event.kind()),
             msg_id: event.id.to_string(),
             payload: Bytes::from(payload),
         })

@@ -1,29 +1,34 @@
-//! The cluster figures this edge serves at `/api/health`: the aggregator publishes them on
-//! every sweep tick; the stream keeps the last, so a new edge has them at once.
+//! The cluster figures this edge serves at `/api/health`: each partition's owner publishes
+//! its partition's figures on every sweep tick; the stream keeps the last of each, so a new
+//! edge has them at once.
 
+use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use presence_events::ClusterStats;
+use presence_events::{ClusterStats, Partition};
 
-/// The newest cluster figures.
+/// The newest figures of every partition.
 #[derive(Default)]
 pub(crate) struct ClusterFigures {
-    latest: RwLock<Option<ClusterStats>>,
+    latest: RwLock<BTreeMap<Partition, ClusterStats>>,
 }
 
 impl ClusterFigures {
-    pub(crate) fn latest(&self) -> Option<ClusterStats> {
+    /// The newest figures of each partition that has published any.
+    pub(crate) fn partitions(&self) -> BTreeMap<Partition, ClusterStats> {
         self.latest
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Keeps `stats` if they are newer than what is known (a resubscription redelivers).
+    /// Keeps `stats` if they are newer than what is known of their partition (a
+    /// resubscription redelivers).
     pub(super) fn update(&self, stats: ClusterStats) {
         let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
-        if latest.as_ref().is_none_or(|known| known.seq < stats.seq) {
-            *latest = Some(stats);
+        let known = latest.get(&stats.partition);
+        if known.is_none_or(|known| known.seq < stats.seq) {
+            latest.insert(stats.partition, stats);
         }
     }
 }

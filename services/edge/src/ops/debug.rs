@@ -89,7 +89,8 @@ pub(super) struct DebugUser {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct DebugPresence {
-    cluster: Option<presence_events::ClusterStats>,
+    /// The newest figures of each partition.
+    cluster: Vec<presence_events::ClusterStats>,
     online_count: usize,
     /// The first 1,000 online users, by tenant and id.
     online: Vec<DebugUser>,
@@ -104,7 +105,7 @@ pub(super) async fn debug_presence(
     let mut online = cx.presence.view.online_users_with_status();
     online.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(Json(DebugPresence {
-        cluster: cx.cluster.latest(),
+        cluster: cx.cluster.partitions().into_values().collect(),
         online_count: online.len(),
         online: online
             .into_iter()

@@ -1,5 +1,6 @@
-//! `GET /api/health`: the cluster's presence figures (from the aggregator, summed by it) and
-//! this edge's sockets; `degraded` when the aggregator's figures are missing or stale.
+//! `GET /api/health`: the cluster's presence figures (summed over the partitions' figures,
+//! which each partition's owner publishes), every partition with its owner, epoch and lag,
+//! and this edge's sockets; `degraded` when a partition's figures are missing or stale.
 
 use std::sync::Arc;
 
@@ -19,7 +20,25 @@ pub(super) struct Health {
     /// `ok`, or `degraded` when the aggregator's figures are missing or older than 30 s.
     status: &'static str,
     presence: PresenceFigures,
+    partitions: Vec<PartitionFigures>,
     sockets: SocketFigures,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PartitionFigures {
+    partition: u16,
+    /// The aggregator folding it (none: no figures yet).
+    owner: Option<String>,
+    epoch: u64,
+    /// Events waiting to be folded at its last tick.
+    lag: u64,
+    /// Event-log sequence of its last tick.
+    seq: u64,
+    online_users: u64,
+    last_sweep_at: Option<String>,
+    /// `ok`, `stale` (no tick for 30 s) or `missing`.
+    status: &'static str,
 }
 
 #[derive(Serialize, Default)]
@@ -41,34 +60,61 @@ struct SocketFigures {
     connected_users: usize,
 }
 
-/// Cluster figures from the aggregator; socket figures of this edge.
+/// Cluster figures summed over the partitions; socket figures of this edge.
 pub(super) async fn health(State(cx): State<Arc<OpsContext>>) -> Json<Health> {
     let (connected, connected_users) = cx.presence.local.counts();
     let now = Millis::now();
-    let (status, presence) = match cx.cluster.latest() {
-        Some(cluster) => {
-            let s = &cluster.presence;
-            let fresh = s
-                .last_sweep_at
-                .is_some_and(|at| now.since(at) < STALE_AFTER_MS);
-            (
-                if fresh { "ok" } else { "degraded" },
-                PresenceFigures {
-                    online_users: s.online_users,
-                    peak_online: s.peak_online,
-                    total_connections: s.total_connections,
-                    total_disconnections: s.total_disconnections,
-                    total_swepts: s.total_swepts,
-                    last_sweep_at: s.last_sweep_at.map(format_rfc3339),
-                    uptime_ms: now.since(cluster.started_at),
-                },
-            )
+    let known = cx.cluster.partitions();
+    let mut presence = PresenceFigures::default();
+    let mut partitions = Vec::with_capacity(usize::from(cx.partitions.count()));
+    let mut all_fresh = true;
+    let mut oldest_sweep: Option<Millis> = None;
+    for partition in cx.partitions.all() {
+        let Some(figures) = known.get(&partition) else {
+            all_fresh = false;
+            partitions.push(PartitionFigures {
+                partition: partition.0,
+                owner: None,
+                epoch: 0,
+                lag: 0,
+                seq: 0,
+                online_users: 0,
+                last_sweep_at: None,
+                status: "missing",
+            });
+            continue;
+        };
+        let s = &figures.presence;
+        let fresh = s
+            .last_sweep_at
+            .is_some_and(|at| now.since(at) < STALE_AFTER_MS);
+        all_fresh &= fresh;
+        presence.online_users += s.online_users;
+        // Partitions peak at different times: their sum is an upper bound of the cluster's.
+        presence.peak_online += s.peak_online;
+        presence.total_connections += s.total_connections;
+        presence.total_disconnections += s.total_disconnections;
+        presence.total_swepts += s.total_swepts;
+        presence.uptime_ms = presence.uptime_ms.max(now.since(figures.started_at));
+        if let Some(at) = s.last_sweep_at {
+            oldest_sweep = Some(oldest_sweep.map_or(at, |o| o.min(at)));
         }
-        None => ("degraded", PresenceFigures::default()),
-    };
+        partitions.push(PartitionFigures {
+            partition: partition.0,
+            owner: figures.owner.as_ref().map(ToString::to_string),
+            epoch: figures.epoch,
+            lag: figures.lag,
+            seq: figures.seq,
+            online_users: s.online_users,
+            last_sweep_at: s.last_sweep_at.map(format_rfc3339),
+            status: if fresh { "ok" } else { "stale" },
+        });
+    }
+    presence.last_sweep_at = oldest_sweep.map(format_rfc3339);
     Json(Health {
-        status,
+        status: if all_fresh { "ok" } else { "degraded" },
         presence,
+        partitions,
         sockets: SocketFigures {
             connected,
             connected_users,

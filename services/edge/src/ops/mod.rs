@@ -32,6 +32,8 @@ struct OpsContext {
     hub: Arc<MetricsHub>,
     announcements: Announcements,
     cluster: Arc<ClusterFigures>,
+    /// How the log is partitioned: every partition should have figures.
+    partitions: presence_events::Partitions,
     store: Option<Store>,
     /// Ends the dashboard streams when the edge shuts down.
     shutdown: CancellationToken,
@@ -67,6 +69,7 @@ pub(crate) fn start(
         hub: sources.hub,
         announcements: sources.announcements,
         cluster,
+        partitions: subjects.partitions(),
         store: sources.store,
         shutdown,
     };

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use presence_events::{PresenceChange, Subjects};
+use presence_events::{EpochFence, PresenceChange, Subjects};
 use presence_log::{EventLog, LatestFeed};
 use presence_telemetry::Readiness;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
@@ -62,6 +62,8 @@ impl FanOut {
         );
         let (tx, rx) = mpsc::channel(PENDING_CHANGES);
         let this = &self;
+        let partitions = self.subjects.partitions();
+        let mut fence = EpochFence::default();
         let read = async {
             let sender = tx;
             let tx = &sender;
@@ -72,14 +74,23 @@ impl FanOut {
                     self.log.as_ref(),
                     &shutdown,
                     || self.readiness.set(true),
-                    |latest| async move {
+                    |latest| {
+                        // A deposed aggregator's late changes are refused (see `EpochFence`).
+                        let change = &latest.value;
+                        let admitted = fence
+                            .admit(partitions.of_user(&change.tenant, &change.user), change.epoch);
+                        async move {
                         metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
                             .set(latest.pending as f64);
                         let change = latest.value;
-                        if this.view.apply(&change) {
+                        if !admitted {
+                            metrics::counter!("presence_feed_fenced_total", "feed" => "changes")
+                                .increment(1);
+                        } else if this.view.apply(&change) {
                             this.announcements.presence(&change);
                             // The emitter only stops once this side has.
                             let _ = tx.send(change).await;
+                        }
                         }
                     },
                 )

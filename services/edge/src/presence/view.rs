@@ -187,6 +187,7 @@ mod tests {
             cause: if online { Cause::Join } else { Cause::Leave },
             at: Millis(1_000),
             seq,
+            epoch: 0,
         }
     }
 

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
                 cause: Cause::Leave,
                 at: now,
                 seq: i,
+                epoch: 0,
             };
             Outgoing {
                 subject: subjects.change(&change.tenant, &change.user),
