@@ -8,7 +8,8 @@
 //! - an owner paused (SIGSTOP) past its lease and resumed: it steps down, and nothing it
 //!   writes after losing the lease is in the log;
 //! - a fourth aggregator joining and one stopping cleanly: partitions move, nothing is lost
-//!   or repeated.
+//!   or repeated;
+//! - two persisters sharing the changes, one SIGKILLed: PostgreSQL still ends up right.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -444,4 +445,27 @@ async fn partitions_move_cleanly_when_an_aggregator_joins_and_when_one_stops() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     exactly_once(&observer, &online, &left_names);
     until_consistent(&a, online.len() as u64 + 1, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn several_persisters_share_the_changes_and_a_killed_one_loses_nothing() {
+    let mut d = cluster(1).await;
+    d.add(
+        "persister",
+        &[("PRESENCE_NODE_ID", "persister-1".to_owned())],
+    )
+    .await
+    .unwrap();
+    let (a, b) = (d.a.clone(), d.b.clone());
+    let mut users = join(&[&a, &b], names("w", 0..20)).await;
+    until_consistent(&a, 20, Duration::from_secs(15)).await;
+    // Changes in flight, then one persister vanishes with whatever it held.
+    leave(users.drain(..8).collect()).await;
+    users.extend(join(&[&a, &b], names("w", 20..30)).await);
+    d.nth("persister", 0).kill().await;
+    leave(users.drain(..4).collect()).await;
+    users.extend(join(&[&a, &b], names("w", 30..35)).await);
+    // The survivor writes everything, including what the dead one was given and never
+    // acknowledged (delivered again after the subscription's 10 s acknowledgement wait).
+    until_consistent(&a, users.len() as u64, Duration::from_secs(30)).await;
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use presence_e2e::{
     Deployment, Mode, connect, expect_update, nats_url, presence_bin, until_consistent,
 };
+use presence_events::{Partitions, TenantId, UserId};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -85,6 +86,19 @@ async fn the_rebuilt_projection_equals_the_live_one_and_timelines_are_in_order()
         .unwrap();
     let dry = replay(&d, &["rebuild", "--dry-run"]).await;
     assert!(dry.contains("dry run: 3 of 3 rows would change"), "{dry}");
+    // Partition by partition, the same rows (each user in exactly one partition).
+    let mut per_partition = 0;
+    for p in 0..4 {
+        let dry = replay(&d, &["--partition", &p.to_string(), "rebuild", "--dry-run"]).await;
+        let n: usize = dry
+            .split("dry run: ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {dry}"));
+        per_partition += n;
+    }
+    assert_eq!(per_partition, 3, "rows over the 4 partitions");
     let rebuilt = replay(&d, &["rebuild"]).await;
     assert!(rebuilt.contains("rebuilt 3 rows"), "{rebuilt}");
     assert_eq!(
@@ -121,4 +135,20 @@ async fn the_rebuilt_projection_equals_the_live_one_and_timelines_are_in_order()
         !timeline.contains("other"),
         "another user's events leaked in:\n{timeline}"
     );
+    // Replaying only the user's partition tells the same story.
+    let partition = Partitions::new(4)
+        .unwrap()
+        .of_user(&TenantId::default_tenant(), &UserId::parse("tl").unwrap());
+    let alone = replay(
+        &d,
+        &[
+            "--partition",
+            &partition.to_string(),
+            "timeline",
+            "--user",
+            "tl",
+        ],
+    )
+    .await;
+    assert_eq!(alone, timeline, "the partition's replay differs");
 }
