@@ -13,6 +13,8 @@
 #                                          one edge, 50k on three, light fan-out)
 #                                        largest: only the largest 90/10 runs
 #                                        log: only the aggregator/replay and persister runs
+#                                        partitions: the cost of partitioning: 10k connections
+#                                          heartbeating on a cluster of 1 and of 4 partitions
 # EDGE_ENV: extra environment for the edges (e.g. EDGE_ENV=TOKIO_WORKER_THREADS=1).
 # Needs release builds (make bench builds them) and nats-server / PostgreSQL (started by
 # scripts/with-services.sh, which runs this script).
@@ -96,11 +98,13 @@ standalone_runs() {
 cluster() {
   local n_edges=$1 ns
   ns=bench$(date +%s%N | tail -c 9)
-  start aggregator aggregator PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL"
+  start aggregator aggregator PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL" \
+    PRESENCE_PARTITIONS="${PARTITIONS:-4}"
   probes=(--proc "aggregator=$started_pid" --metrics "aggregator=$started_admin/metrics")
   edges=()
   for i in $(seq 1 "$n_edges"); do
-    start edge "edge-$i" PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL" ${EDGE_ENV:-}
+    start edge "edge-$i" PRESENCE_NAMESPACE="$ns" NATS_URL="$NATS_URL" \
+      PRESENCE_PARTITIONS="${PARTITIONS:-4}" ${EDGE_ENV:-}
     edges+=("$started_http")
     probes+=(--proc "edge-$i=$started_pid" --metrics "edge-$i=$started_admin/metrics")
   done
@@ -158,23 +162,43 @@ churn_run() {
   stop_all
 }
 
+partition_runs() {
+  # The same heartbeating 10k (male users only: no fan-out storm) on 1 and on 4 partitions,
+  # side by side: edge and aggregator CPU of each.
+  local p
+  for p in 1 4; do
+    PARTITIONS=$p cluster 1
+    load "partitions-$p-10000" 10000 --female-percent 0 --ramp-per-sec 1000 --hold-secs 60
+    stop_all
+  done
+}
+
 # --- aggregator and replay, persister ---------------------------------------------------
 log_runs() {
   echo
   echo "=== aggregator: fold and replay from a pre-filled stream ==="
   PRESENCE_BIN=$bin/presence "$bin/presence-bench-aggregator" 100000 20
   echo
+  echo "=== aggregator: the partitioned fold, 1 partition; 4 over 1 and over 2 aggregators ==="
+  PRESENCE_BIN=$bin/presence "$bin/presence-bench-aggregator" 100000 20 1 1
+  PRESENCE_BIN=$bin/presence "$bin/presence-bench-aggregator" 100000 20 4 1
+  PRESENCE_BIN=$bin/presence "$bin/presence-bench-aggregator" 100000 20 4 2
+  echo
+  echo "=== failover: 20 SIGKILLs of the busiest of 3 aggregators ==="
+  PRESENCE_BIN=$bin/presence "$bin/presence-bench-failover" 20
+  echo
   echo "=== persister: a burst of 10,000 changes ==="
   PRESENCE_BIN=$bin/presence "$bin/presence-bench-persister" 10000
 }
 
 case $size in
-  quick) standalone_runs; cluster_runs; fanout_run; log_runs ;;
-  full) standalone_runs; cluster_runs; fanout_run; capacity_runs; largest_runs; log_runs ;;
+  quick) standalone_runs; cluster_runs; fanout_run; partition_runs; log_runs ;;
+  full) standalone_runs; cluster_runs; fanout_run; partition_runs; capacity_runs; largest_runs; log_runs ;;
   capacity) capacity_runs ;;
   largest) largest_runs ;;
   log) log_runs ;;
   churn) churn_run ;;
   fanout) fanout_run ;;
-  *) echo "usage: $0 [quick|full|churn|fanout|capacity|largest|log]" >&2; exit 2 ;;
+  partitions) partition_runs ;;
+  *) echo "usage: $0 [quick|full|churn|fanout|capacity|largest|log|partitions]" >&2; exit 2 ;;
 esac
