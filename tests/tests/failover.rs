@@ -172,6 +172,30 @@ fn worst_delay(observer: &Observer, made: &[(String, u64)], status: &str) -> u64
 }
 
 #[tokio::test]
+async fn with_three_aggregators_each_transition_reaches_an_observer_exactly_once() {
+    let d = cluster(3).await;
+    let (a, b) = (d.a.clone(), d.b.clone());
+    until_owned(&a, &["agg-0", "agg-1", "agg-2"], Duration::from_secs(15)).await;
+    let observer = Observer::start(&b, &token("watcher", "female")).await.unwrap();
+    let mut users = join(&[&a, &b], names("e", 0..50)).await;
+    let left = leave(users.drain(..20).collect()).await;
+    let online: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
+    let left_names: Vec<String> = left.iter().map(|(u, _)| u.clone()).collect();
+    observer
+        .until_all(&online, "online", SEEN_WITHIN)
+        .await
+        .unwrap();
+    observer
+        .until_all(&left_names, "offline", SEEN_WITHIN)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Those who left were shown online once too, before their one offline.
+    exactly_once(&observer, &online, &left_names);
+    until_consistent(&a, online.len() as u64 + 1, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
 async fn an_owner_killed_under_load_is_covered_within_5_s_and_nothing_is_lost_or_repeated() {
     let mut d = cluster(3).await;
     let (a, b) = (d.a.clone(), d.b.clone());
