@@ -22,10 +22,13 @@ stops=()
 cleanup() { for stop in "${stops[@]}"; do eval "$stop" || true; done; }
 trap 'cleanup' EXIT
 
+# The pinned server, for tests that start NATS clusters of their own.
+NATS_SERVER_BIN=$("$(dirname "$0")/nats-server.sh")
+export NATS_SERVER_BIN
+
 if [[ -n "${NATS_URL:-}" ]] && reachable "$(hostport "$NATS_URL")"; then
   echo "using the NATS server at $NATS_URL"
 else
-  nats_server=$("$(dirname "$0")/nats-server.sh")
   dir=$(mktemp -d)
   port=$(free_port)
   cat > "$dir/nats.conf" <<CONF
@@ -36,7 +39,7 @@ jetstream {
   max_memory_store: 256M
 }
 CONF
-  "$nats_server" -c "$dir/nats.conf" > "$dir/nats.log" 2>&1 &
+  "$NATS_SERVER_BIN" -c "$dir/nats.conf" > "$dir/nats.log" 2>&1 &
   nats_pid=$!
   stops+=("kill $nats_pid 2>/dev/null; wait $nats_pid 2>/dev/null; rm -rf '$dir'")
   for _ in $(seq 1 100); do reachable "127.0.0.1:$port" && break; sleep 0.1; done

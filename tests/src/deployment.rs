@@ -77,7 +77,10 @@ impl Deployment {
                 d.b = d.a.clone();
             }
             Mode::Cluster => {
-                env.push(("NATS_URL".into(), nats_url()?));
+                // A test may bring its own NATS (a 3-node cluster).
+                if !env.iter().any(|(k, _)| k == "NATS_URL") {
+                    env.push(("NATS_URL".into(), nats_url()?));
+                }
                 if !env.iter().any(|(k, _)| k == "PRESENCE_NAMESPACE") {
                     env.push(("PRESENCE_NAMESPACE".into(), unique_namespace()));
                 }

@@ -13,6 +13,7 @@
 //! | [`balancer`] | HAProxy in front of edges |
 //! | [`http`](mod@http) | a raw HTTP/1.1 client and [`HttpResponse`] |
 //! | [`clients`] | tokens, Socket.io connections, waiting for updates |
+//! | [`nats_cluster`] | a 3-node JetStream cluster of a test's own |
 //! | [`observer`] | a viewer on the stock `socket.io-client` recording every update |
 //! | [`procfs`] | CPU time and memory of a process from `/proc` |
 //! | [`readings`] | a role's metrics, the projection's consistency check |
@@ -23,6 +24,7 @@ pub mod balancer;
 pub mod clients;
 pub mod deployment;
 pub mod http;
+pub mod nats_cluster;
 pub mod observer;
 pub mod postgres;
 pub mod process;
@@ -33,10 +35,11 @@ pub use balancer::Balancer;
 pub use clients::{connect, expect_update, now_ms, now_secs, service_token, token};
 pub use deployment::{Deployment, Mode};
 pub use http::{HttpResponse, bearer, http};
+pub use nats_cluster::NatsCluster;
 pub use observer::{Observer, Seen};
 pub use postgres::{PrivatePostgres, fresh_database};
 pub use process::{
     HEARTBEAT_TIMEOUT_MS, Proc, SECRET, SWEEP_INTERVAL_MS, nats_url, presence_bin, unique_namespace,
 };
 pub use procfs::{cpu_seconds, rss_bytes};
-pub use readings::{metric_total, until_consistent};
+pub use readings::{metric_total, partition_owners, until_consistent};

@@ -1,6 +1,7 @@
 //! What a running deployment says about itself: a role's Prometheus counters, and the
 //! projection's consistency check (`check-online-status`) polled until it agrees.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::clients::service_token;
@@ -44,4 +45,24 @@ pub async fn until_consistent(edge: &str, live: u64, within: Duration) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("projection never converged to {live} online users: {last:?}");
+}
+
+/// The partitions with current figures on `edge`'s `/api/health`: partition -> (owner, epoch).
+pub async fn partition_owners(edge: &str) -> BTreeMap<u64, (String, u64)> {
+    let Ok(r) = http("GET", &format!("{edge}/api/health"), &[], None).await else {
+        return BTreeMap::new();
+    };
+    let v = r.json();
+    v["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"] == "ok")
+        .filter_map(|p| {
+            Some((
+                p["partition"].as_u64()?,
+                (p["owner"].as_str()?.to_owned(), p["epoch"].as_u64()?),
+            ))
+        })
+        .collect()
 }

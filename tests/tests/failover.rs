@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use presence_e2e::{
-    Deployment, Mode, Observer, connect, http, nats_url, now_ms, token, until_consistent,
+    Deployment, Mode, Observer, connect, http, nats_url, now_ms, partition_owners, token,
+    until_consistent,
 };
 use presence_events::{Event, EventBody, PresenceChange, Subjects};
 use presence_log::{EventLog, JetStreamLog, StartAt};
 use presence_sio_client::SioClient;
-use serde_json::Value;
 
 const PARTITIONS: usize = 4;
 /// Shorter than the default 3 s so the suite stays quick; the failover benchmark measures the
@@ -53,26 +53,6 @@ async fn cluster(aggregators: usize) -> Deployment {
     d
 }
 
-/// The partitions of `/api/health`: partition -> (owner, epoch).
-async fn owners(edge: &str) -> BTreeMap<u64, (String, u64)> {
-    let Ok(r) = http("GET", &format!("{edge}/api/health"), &[], None).await else {
-        return BTreeMap::new();
-    };
-    let v: Value = r.json();
-    v["partitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["status"] == "ok")
-        .filter_map(|p| {
-            Some((
-                p["partition"].as_u64()?,
-                (p["owner"].as_str()?.to_owned(), p["epoch"].as_u64()?),
-            ))
-        })
-        .collect()
-}
-
 /// Waits until every partition is owned, by exactly the aggregators `expected` (each with
 /// its fair share when `fair`); returns the owners.
 async fn until_owned(
@@ -84,7 +64,7 @@ async fn until_owned(
     let share = PARTITIONS.div_ceil(expected.len());
     let started = Instant::now();
     loop {
-        let got = owners(edge).await;
+        let got = partition_owners(edge).await;
         let mut per: BTreeMap<&str, usize> = BTreeMap::new();
         for (owner, _) in got.values() {
             *per.entry(owner.as_str()).or_default() += 1;
@@ -176,7 +156,9 @@ async fn with_three_aggregators_each_transition_reaches_an_observer_exactly_once
     let d = cluster(3).await;
     let (a, b) = (d.a.clone(), d.b.clone());
     until_owned(&a, &["agg-0", "agg-1", "agg-2"], Duration::from_secs(15)).await;
-    let observer = Observer::start(&b, &token("watcher", "female")).await.unwrap();
+    let observer = Observer::start(&b, &token("watcher", "female"))
+        .await
+        .unwrap();
     let mut users = join(&[&a, &b], names("e", 0..50)).await;
     let left = leave(users.drain(..20).collect()).await;
     let online: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
@@ -213,7 +195,7 @@ async fn an_owner_killed_under_load_is_covered_within_5_s_and_nothing_is_lost_or
         .unwrap();
 
     // SIGKILL the aggregator owning the most partitions; the workload goes on at once.
-    let before = owners(&a).await;
+    let before = partition_owners(&a).await;
     let mut per: BTreeMap<String, usize> = BTreeMap::new();
     for (owner, _) in before.values() {
         *per.entry(owner.clone()).or_default() += 1;
@@ -333,7 +315,7 @@ async fn an_owner_paused_past_its_lease_steps_down_and_nothing_it_writes_after_i
         .unwrap();
 
     // Pause agg-0 until agg-1 has taken all of its partitions over.
-    let before = owners(&a).await;
+    let before = partition_owners(&a).await;
     let paused_epochs: BTreeSet<u64> = before
         .values()
         .filter(|(o, _)| o == "agg-0")

@@ -36,8 +36,10 @@ pub(crate) struct Fold {
 
 impl Fold {
     pub(crate) fn new(config: &crate::AggregatorConfig) -> Self {
+        let mut presence = PresenceState::new(config.heartbeat_timeout_ms);
+        presence.set_outage_after(Some(config.outage_after_ms()));
         Self {
-            presence: PresenceState::new(config.heartbeat_timeout_ms),
+            presence,
             active: ActiveUsers::new(config.session_ttl_ms, config.ema_alpha),
             epoch: 0,
         }
@@ -67,6 +69,8 @@ impl Snapshots {
                 Ok(mut fold) if fold.presence.last_seq() == seq => {
                     fold.presence
                         .set_heartbeat_timeout(fresh.presence.heartbeat_timeout_ms());
+                    fold.presence
+                        .set_outage_after(fresh.presence.outage_after());
                     fold.active
                         .set_settings(fresh.active.session_ttl_ms(), fresh.active.alpha());
                     metrics::gauge!("presence_snapshot_loaded_sequence", "partition" => partition.to_string())
@@ -203,7 +207,9 @@ pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationTok
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // At most a second: a stream electing a new leader answers again within seconds,
+        // and the partition's changes wait on it.
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
     // A clean hand-over saves where it got to; a lost lease writes nothing more.
     if let Some(snapshots) = &snapshots

@@ -140,6 +140,21 @@ impl Run {
     }
 }
 
+/// Waits for a board operation at most `within`: a board that does not answer (its stream
+/// electing a leader) must not hold up the round, or the leases it renews would lapse.
+async fn bounded<T>(
+    within: Duration,
+    op: impl std::future::Future<Output = Result<T, LogError>>,
+) -> Result<T, LogError> {
+    match tokio::time::timeout(within, op).await {
+        Ok(result) => result,
+        Err(_) => Err(LogError::Board {
+            board: "leases".into(),
+            reason: format!("no answer within {within:?}"),
+        }),
+    }
+}
+
 /// The partitions of one aggregator.
 pub(crate) struct Coordinator {
     settings: FoldSettings,
@@ -165,6 +180,11 @@ impl Coordinator {
             clock: MonoClock::new(),
             member_revision: None,
         }
+    }
+
+    /// How long one board operation may take: a quarter of the lease.
+    fn op_timeout(&self) -> Duration {
+        Duration::from_millis((self.settings.config.lease_ttl_ms / 4).max(50))
     }
 
     /// Rounds until `shutdown`, then hands every partition over. Ready once the board has
@@ -199,31 +219,28 @@ impl Coordinator {
     async fn round(&mut self) -> bool {
         match self.member_value() {
             Ok(value) => {
-                match self
-                    .board
-                    .put(&member_key(&self.settings.node), value)
-                    .await
-                {
+                let key = member_key(&self.settings.node);
+                match bounded(self.op_timeout(), self.board.put(&key, value)).await {
                     Ok(revision) => self.member_revision = Some(revision),
                     Err(e) => tracing::warn!(error = %e, "could not renew membership"),
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot encode the membership entry"),
         }
-        let seen = match self.board.entries().await {
+        let seen = match bounded(self.op_timeout(), self.board.entries()).await {
             Ok(entries) => self.seen(entries),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the lease board");
-                // Unseen, leases still run out: stop what can no longer be trusted.
+                // Unseen, leases still run out: stop what can no longer be trusted, and
+                // renew the rest blind (compare-and-set still guards them).
                 let now = self.clock.now();
-                let expired: Vec<Partition> = self
-                    .book
-                    .held()
-                    .filter(|(_, h)| now >= h.valid_until)
-                    .map(|(p, _)| p)
-                    .collect();
-                for partition in expired {
-                    self.step_down(partition).await;
+                let held: Vec<(Partition, Held)> = self.book.held().collect();
+                for (partition, h) in held {
+                    if now >= h.valid_until {
+                        self.step_down(partition).await;
+                    } else {
+                        self.renew(partition, h.revision, h.epoch).await;
+                    }
                 }
                 self.record();
                 return false;
@@ -318,11 +335,8 @@ impl Coordinator {
             }
         };
         let sent_at = self.clock.now();
-        match self
-            .board
-            .update(&partition_key(partition), value, revision)
-            .await
-        {
+        let key = partition_key(partition);
+        match bounded(self.op_timeout(), self.board.update(&key, value, revision)).await {
             Ok(Some(revision)) => {
                 self.book.renewed(partition, revision, sent_at);
                 if let (Some(run), Some(held)) = (
@@ -353,7 +367,8 @@ impl Coordinator {
             }
         };
         let sent_at = self.clock.now();
-        match self.board.create(&partition_key(partition), value).await {
+        let key = partition_key(partition);
+        match bounded(self.op_timeout(), self.board.create(&key, value)).await {
             Ok(Some(revision)) => {
                 let held = self.book.acquired(partition, revision, sent_at);
                 tracing::info!(%partition, epoch = held.epoch, "took the partition");
@@ -372,11 +387,17 @@ impl Coordinator {
     /// then the lease is emptied so the next owner need not wait for it to run out.
     async fn release(&mut self, partition: Partition, revision: u64) {
         if let Some(run) = self.runs.remove(&partition) {
-            run.stop().await;
+            // The snapshot is saved while the lease holds; past it, the fold gives up saving.
+            let within = Duration::from_millis(self.settings.config.lease_ttl_ms);
+            if tokio::time::timeout(within, run.stop()).await.is_err() {
+                tracing::warn!(%partition, "the fold did not stop in time; handing over anyway");
+            }
             run.lease.revoke();
+            run.stop.cancel();
         }
         self.book.dropped(partition);
-        match self.board.delete(&partition_key(partition), revision).await {
+        let key = partition_key(partition);
+        match bounded(self.op_timeout(), self.board.delete(&key, revision)).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(%partition, "the lease changed before it was released"),
             Err(e) => {
@@ -391,8 +412,10 @@ impl Coordinator {
     /// The lease is lost: nothing more is written under it, the fold stops without saving.
     async fn step_down(&mut self, partition: Partition) {
         if let Some(run) = self.runs.remove(&partition) {
+            // Revoked, it writes nothing more; its tasks end on their own (one may be stuck
+            // on a log that does not answer, and the round must go on renewing the rest).
             run.lease.revoke();
-            run.stop().await;
+            run.stop.cancel();
         }
         self.book.dropped(partition);
         metrics::counter!("presence_lease_transitions_total", "transition" => "lost").increment(1);
@@ -433,10 +456,12 @@ pub(crate) async fn open_board(
     log: &dyn EventLog,
     subjects: &Subjects,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<Arc<dyn Board>, LogError> {
     log.board(presence_log::BoardSpec {
         name: subjects.leases_bucket(),
         max_age: ttl,
+        replicas,
     })
     .await
 }
@@ -480,6 +505,7 @@ mod tests {
                 max_age: Duration::ZERO,
                 max_bytes: 0,
                 duplicate_window: Duration::from_secs(60),
+                replicas: 1,
             })
             .await
             .unwrap();
@@ -493,7 +519,7 @@ mod tests {
     }
 
     async fn member(log: &Arc<dyn EventLog>, subjects: &Subjects, name: &str) -> Member {
-        let board = open_board(log.as_ref(), subjects, Duration::from_millis(TTL_MS))
+        let board = open_board(log.as_ref(), subjects, Duration::from_millis(TTL_MS), 1)
             .await
             .unwrap();
         let settings = FoldSettings {
@@ -512,7 +538,7 @@ mod tests {
 
     /// How many partitions each node holds on the board.
     async fn owners(log: &Arc<dyn EventLog>, subjects: &Subjects) -> BTreeMap<String, usize> {
-        let board = open_board(log.as_ref(), subjects, Duration::from_millis(TTL_MS))
+        let board = open_board(log.as_ref(), subjects, Duration::from_millis(TTL_MS), 1)
             .await
             .unwrap();
         let mut out = BTreeMap::new();

@@ -62,6 +62,15 @@ pub struct AggregatorConfig {
     pub lease_ttl_ms: u64,
 }
 
+impl AggregatorConfig {
+    /// A silence of a whole partition's log longer than this is taken for an outage of the
+    /// log, during which nobody's silence counts: four sweep intervals (the owner ticks at
+    /// least every interval) and at least half the heartbeat timeout.
+    pub fn outage_after_ms(&self) -> u64 {
+        (self.sweep_interval_ms * 4).max(self.heartbeat_timeout_ms / 2)
+    }
+}
+
 fn parse_alpha(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
         Ok(a) if a > 0.0 && a <= 1.0 => Ok(a),
@@ -76,6 +85,7 @@ pub struct Aggregator {
     subjects: Subjects,
     node: NodeId,
     snapshots: Option<consumer::Snapshots>,
+    replicas: usize,
 }
 
 impl Aggregator {
@@ -92,7 +102,14 @@ impl Aggregator {
             subjects,
             node,
             snapshots: None,
+            replicas: 1,
         }
+    }
+
+    /// Keeps the lease board on `replicas` nodes of the JetStream cluster.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Saves the fold state to `store` (under `namespace`) and restores it on start.
@@ -119,6 +136,7 @@ impl Aggregator {
             self.log.as_ref(),
             &self.subjects,
             Duration::from_millis(self.config.lease_ttl_ms),
+            self.replicas,
         )
         .await?;
         let settings = coordinator::FoldSettings {

@@ -68,6 +68,14 @@ pub struct PresenceState {
     /// connections. It may be early (a beat or a leave since), never late.
     #[serde(default)]
     next_sweep_due: Option<Millis>,
+    /// Event time of the previous event folded: a longer silence of the whole partition than
+    /// half the heartbeat timeout is the log having been away (see [`PresenceState::apply`]).
+    #[serde(default)]
+    folded_at: Millis,
+    /// A silence of the whole partition longer than this is an outage of the log (`None`:
+    /// never assumed). Set by the aggregator from its settings; not part of the state.
+    #[serde(skip)]
+    outage_after_ms: Option<u64>,
 }
 
 /// Builds the change for `key` in one place so every cause reports the same fields.
@@ -108,7 +116,21 @@ impl PresenceState {
             last_at: Millis(0),
             stats: PresenceStats::default(),
             next_sweep_due: None,
+            folded_at: Millis(0),
+            outage_after_ms: None,
         }
+    }
+
+    /// Treats a silence of the whole partition longer than `ms` as the log having been away
+    /// (see [`PresenceState::apply`]); it must be well above the longest time between two
+    /// clock ticks of the partition's owner.
+    pub fn set_outage_after(&mut self, ms: Option<u64>) {
+        self.outage_after_ms = ms;
+    }
+
+    /// The outage threshold in force.
+    pub fn outage_after(&self) -> Option<u64> {
+        self.outage_after_ms
     }
 
     /// Applies the current heartbeat timeout (a restored snapshot carries the one it was made with).
@@ -177,6 +199,7 @@ impl PresenceState {
             return Vec::new();
         }
         self.last_seq = seq;
+        self.forgive_outage(event.at);
         let cx = ChangeContext { seq, at: event.at };
         let mut changes = Vec::new();
         match &event.body {
@@ -360,6 +383,29 @@ impl PresenceState {
             user.details = details.clone();
             changes.push(cx.change(&key, user, Cause::Status));
         }
+    }
+
+    /// Nobody is shown offline because the log was away. The partition's log hears from its
+    /// owner's clock every sweep interval and from every edge with connections every beat
+    /// flush; a silence of the whole partition longer than the outage threshold means nobody
+    /// could write to it (JetStream without quorum, a full outage). The connections' silence
+    /// during it does not count: their last beats move forward by its length. On log times
+    /// only, so a replay forgives exactly the same gaps.
+    fn forgive_outage(&mut self, at: Millis) {
+        let gap = at.since(self.folded_at);
+        let first = self.folded_at == Millis(0);
+        self.folded_at = self.folded_at.max(at);
+        let Some(threshold) = self.outage_after_ms else {
+            return;
+        };
+        if first || gap <= threshold || self.conns.is_empty() {
+            return;
+        }
+        for c in self.conns.values_mut() {
+            c.last_beat = c.last_beat.plus(gap);
+        }
+        self.next_sweep_due = self.next_sweep_due.map(|due| due.plus(gap));
+        self.stats.outages_forgiven += 1;
     }
 
     /// Sweeps connections silent for the heartbeat timeout as of the tick's time.
@@ -784,5 +830,43 @@ mod tests {
         s.apply(1_000, join("ayse", ConnId::new()));
         s.state.set_heartbeat_timeout(5_000);
         assert_eq!(s.state.next_sweep_due(), Some(Millis(6_000)));
+    }
+
+    #[test]
+    fn a_silence_of_the_whole_log_does_not_count_against_anybody() {
+        let mut s = Script::new();
+        s.state.set_outage_after(Some(4_000));
+        let c = ConnId::new();
+        s.apply(1_000, join("ayse", c));
+        s.apply(3_000, EventBody::Tick);
+        // The log is away for 20 s: nothing can be written, not even a tick. The first tick
+        // after it does not sweep ayse, whose beats could not be stored either.
+        assert!(s.apply(23_000, EventBody::Tick).is_empty());
+        assert!(s.online("ayse"));
+        assert_eq!(s.state.stats().outages_forgiven, 1);
+        // Her silence counts again, less the outage: beats resume, or she goes 15 s after her
+        // last beat plus the 20 s the log was away.
+        for t in [26_000, 29_000, 32_000, 35_000] {
+            assert!(s.apply(t, EventBody::Tick).is_empty());
+        }
+        let swept = s.apply(1_000 + 20_000 + TIMEOUT, EventBody::Tick);
+        assert_eq!(
+            summary(&swept),
+            [("ayse".into(), Status::Offline, false, Cause::Sweep)]
+        );
+    }
+
+    #[test]
+    fn ticks_that_keep_coming_leave_nothing_to_forgive() {
+        let mut s = Script::new();
+        s.state.set_outage_after(Some(4_000));
+        let c = ConnId::new();
+        s.apply(1_000, join("ayse", c));
+        for t in (4_000..=13_000).step_by(3_000) {
+            assert!(s.apply(t, EventBody::Tick).is_empty());
+        }
+        // Silent since 1 s, ticks every 3 s: swept at 16 s, as always.
+        assert_eq!(s.apply(16_000, EventBody::Tick).len(), 1);
+        assert_eq!(s.state.stats().outages_forgiven, 0);
     }
 }

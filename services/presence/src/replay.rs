@@ -114,7 +114,13 @@ pub(crate) async fn run(
         .await
         .context("connecting to NATS (set NATS_URL)")?;
     let subjects = Subjects::new(&log_args.namespace);
-    let count = crate::streams::recorded_partitions(&log, &subjects, None).await?;
+    let count = crate::streams::recorded_partitions(
+        &log,
+        &subjects,
+        None,
+        log_args.stream_replicas as usize,
+    )
+    .await?;
     let partitions = Partitions::new(count).context("the recorded number of partitions")?;
     let subjects = subjects.with_partitions(partitions);
     if let Some(p) = range.partition
@@ -141,7 +147,11 @@ pub(crate) async fn run(
         );
     }
     let fresh = || Fold {
-        presence: PresenceState::new(fold_settings.heartbeat_timeout_ms),
+        presence: {
+            let mut p = PresenceState::new(fold_settings.heartbeat_timeout_ms);
+            p.set_outage_after(Some(fold_settings.outage_after_ms()));
+            p
+        },
         active: ActiveUsers::new(fold_settings.session_ttl_ms, fold_settings.ema_alpha),
         epoch: 0,
     };

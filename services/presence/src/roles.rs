@@ -30,6 +30,8 @@ struct RoleContext {
     log: Arc<dyn EventLog>,
     subjects: Subjects,
     namespace: String,
+    /// Copies of the streams and buckets (`PRESENCE_STREAM_REPLICAS`).
+    replicas: usize,
     node: NodeId,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -68,7 +70,8 @@ async fn start_aggregator(
     readiness: Readiness,
 ) -> anyhow::Result<()> {
     let mut aggregator =
-        Aggregator::new(config, cx.log.clone(), cx.subjects.clone(), cx.node.clone());
+        Aggregator::new(config, cx.log.clone(), cx.subjects.clone(), cx.node.clone())
+            .with_replicas(cx.replicas);
     if let Some(store) = snapshots {
         aggregator = aggregator.with_snapshots(store, cx.namespace.clone());
     }
@@ -212,7 +215,7 @@ where
     Fut: Future<Output = anyhow::Result<Listeners>>,
 {
     let subjects = Subjects::new(&log_args.namespace);
-    let partitions = pin_partitions(log.as_ref(), &subjects, log_args.partitions).await?;
+    let partitions = pin_partitions(log.as_ref(), &subjects, log_args).await?;
     let subjects = subjects.with_partitions(partitions);
     ensure_streams(log.as_ref(), &subjects, log_args)
         .await
@@ -237,6 +240,7 @@ where
         log,
         subjects,
         namespace: log_args.namespace.clone(),
+        replicas: log_args.stream_replicas as usize,
         node: node_id.clone(),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),

@@ -16,9 +16,16 @@ const PARTITIONS_KEY: &str = "partitions";
 pub(crate) async fn pin_partitions(
     log: &dyn EventLog,
     subjects: &Subjects,
-    configured: u64,
+    args: &LogArgs,
 ) -> anyhow::Result<Partitions> {
-    let stored = recorded_partitions(log, subjects, Some(configured)).await?;
+    let configured = args.partitions;
+    let stored = recorded_partitions(
+        log,
+        subjects,
+        Some(configured),
+        args.stream_replicas as usize,
+    )
+    .await?;
     if stored != configured {
         bail!(
             "this cluster's event log has {stored} partitions (fixed when its streams were created); \
@@ -34,11 +41,13 @@ pub(crate) async fn recorded_partitions(
     log: &dyn EventLog,
     subjects: &Subjects,
     record: Option<u64>,
+    replicas: usize,
 ) -> anyhow::Result<u64> {
     let board = log
         .board(BoardSpec {
             name: subjects.cluster_bucket(),
             max_age: Duration::ZERO,
+            replicas,
         })
         .await
         .context("opening the cluster's settings")?;
@@ -78,6 +87,7 @@ pub(crate) async fn ensure_streams(
         max_age: retention.events_max_age(),
         max_bytes: retention.events_max_bytes,
         duplicate_window: Duration::from_secs(120),
+        replicas: retention.stream_replicas as usize,
     })
     .await?;
     // One message per user (per customer): each stream is both a feed of updates and
@@ -94,6 +104,7 @@ pub(crate) async fn ensure_streams(
             max_age: Duration::ZERO,
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
+            replicas: retention.stream_replicas as usize,
         })
         .await?;
     }

@@ -55,6 +55,10 @@ pub struct LogArgs {
     /// filled by replay).
     #[arg(long, env = "PRESENCE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub partitions: u64,
+    /// Copies of every stream and bucket, on as many nodes of the JetStream cluster: 1 for a
+    /// single server, 3 for a 3-node cluster (applied when a stream is created or updated).
+    #[arg(long, env = "PRESENCE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub stream_replicas: u64,
 }
 
 impl LogArgs {

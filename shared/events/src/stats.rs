@@ -20,6 +20,10 @@ pub struct PresenceStats {
     pub total_swepts: u64,
     /// Event time of the latest sweep.
     pub last_sweep_at: Option<Millis>,
+    /// Silences of the whole log long enough to be an outage, during which nobody's silence
+    /// counted towards a sweep.
+    #[serde(default)]
+    pub outages_forgiven: u64,
 }
 
 /// The aggregator's figures as of one sweep tick.

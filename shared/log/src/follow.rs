@@ -44,9 +44,10 @@ impl<T, E: Display> LatestFeed<T, E> {
     /// every new one, each decoded and handed to `apply` in stream order. A message that does
     /// not decode is logged, counted in `presence_feed_rejected_total{feed}` and skipped.
     ///
-    /// When the subscription fails or ends it resubscribes with backoff, from the last
-    /// message of every subject again: `apply` sees values it already has and must keep the
-    /// newer one (each value carries the sequence it was derived at). `on_subscribed` runs
+    /// When the subscription fails or ends (a missed heartbeat: the stream's leader moved) it
+    /// resubscribes with backoff, right after the newest message taken in, so every value
+    /// appended meanwhile comes through; `apply` may still see a value twice and must keep
+    /// the newer one (each value carries the sequence it was derived at). `on_subscribed` runs
     /// each time a subscription is in place, so a reader can report itself ready.
     pub async fn follow<H, Fut>(
         &self,
@@ -60,8 +61,16 @@ impl<T, E: Display> LatestFeed<T, E> {
     {
         let stream = self.stream.as_str();
         let mut backoff = Duration::from_millis(100);
+        // The newest sequence taken in: a resubscription resumes right after it, so nothing
+        // appended meanwhile is skipped (the last value per subject alone would skip the
+        // values in between).
+        let mut taken = 0;
         while !shutdown.is_cancelled() {
-            match log.subscribe(stream, None, StartAt::LastPerSubject).await {
+            let start = match taken {
+                0 => StartAt::LastPerSubject,
+                seq => StartAt::Sequence(seq + 1),
+            };
+            match log.subscribe(stream, None, start).await {
                 Ok(mut deliveries) => {
                     backoff = Duration::from_millis(100);
                     on_subscribed();
@@ -72,6 +81,7 @@ impl<T, E: Display> LatestFeed<T, E> {
                         };
                         match next {
                             Some(Ok(delivered)) => {
+                                taken = taken.max(delivered.seq);
                                 if let Some(latest) = self.decoded(delivered) {
                                     apply(latest).await;
                                 }
@@ -92,7 +102,7 @@ impl<T, E: Display> LatestFeed<T, E> {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -145,6 +155,7 @@ mod tests {
             max_age: Duration::ZERO,
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
+            replicas: 1,
         })
         .await
         .unwrap();

@@ -15,38 +15,48 @@ use crate::{
     Outgoing, StartAt, StreamSpec,
 };
 
-/// The event log on a NATS JetStream server.
-/// Most bytes one pull of a durable consumer asks for. The server drops messages (publish
+/// Most bytes one pull asks for. The server drops messages (publish
 /// acks among them) for a client with more than 64 MiB pending, as a slow consumer: 1,000 beat
 /// batches of a few hundred kilobytes each used to get there. Two pulls in flight stay well
 /// under it.
 const PULL_MAX_BYTES: usize = 16 * 1024 * 1024;
-/// Most messages one pull of an ordered consumer asks for, for the same reason (100 beat
-/// batches are about 25 MB; the client's default is 500).
-const ORDERED_MAX_BATCH: i64 = 100;
+/// How often the server tells a reader it is alive while there is nothing to deliver; two
+/// missed in a row end the subscription, and the reader resubscribes.
+const LIVENESS_HEARTBEAT: Duration = Duration::from_secs(1);
 /// A message of a shared subscription not acknowledged this long after delivery (its reader
 /// died or stalled) is delivered again.
 const SHARED_ACK_WAIT: Duration = Duration::from_secs(10);
 
+/// The event log on a NATS JetStream server (or cluster).
 #[derive(Clone)]
 pub struct JetStreamLog {
     context: jetstream::Context,
 }
 
 impl JetStreamLog {
-    /// Connects to the NATS server at `url`, naming the connection `client_name`.
+    /// Connects to the NATS servers at `url` (one URL, or several separated by commas: the
+    /// nodes of a cluster, any of which will do), naming the connection `client_name`. The
+    /// connection moves to another node when its node goes away.
     pub async fn connect(url: &str, client_name: &str) -> Result<Self, LogError> {
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = async_nats::ConnectOptions::new()
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(servers.as_slice())
             .await
             .map_err(|e| LogError::Connect {
                 url: url.to_owned(),
                 reason: e.to_string(),
             })?;
+        // A publish not acknowledged within 3 s is retried (with its message id, so it is
+        // stored once): a publish sent to a stream leader that just died is never answered,
+        // and heartbeats waiting 10 s on it would be swept.
         let context = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(3))
             .max_ack_inflight(10_000)
             .backpressure_on_inflight(true)
             .build(client);
@@ -79,6 +89,25 @@ fn deliver_policy(start: StartAt) -> consumer::DeliverPolicy {
     }
 }
 
+/// Setting up a subscription takes at most this long: while a stream elects a new leader its
+/// requests go unanswered, and the reader does better to retry soon than to wait out the
+/// client's 10 s request timeout.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn within_setup(
+    stream: &str,
+    setup: impl std::future::Future<Output = Result<Deliveries, LogError>>,
+) -> Result<Deliveries, LogError> {
+    tokio::time::timeout(SETUP_TIMEOUT, setup)
+        .await
+        .unwrap_or_else(|_| {
+            Err(LogError::Consume {
+                stream: stream.to_owned(),
+                reason: format!("no answer within {SETUP_TIMEOUT:?}"),
+            })
+        })
+}
+
 fn consume_error(stream: &str, e: &dyn std::fmt::Display) -> LogError {
     LogError::Consume {
         stream: stream.to_owned(),
@@ -86,20 +115,32 @@ fn consume_error(stream: &str, e: &dyn std::fmt::Display) -> LogError {
     }
 }
 
-/// A subscription's messages as [`Deliveries`].
+/// A subscription's messages as [`Deliveries`]. The first failure (a missed heartbeat: the
+/// consumer or its server is gone) is delivered and ends them, so the reader resubscribes
+/// rather than waiting on a consumer that no longer exists.
 fn deliveries(
     stream: &str,
     messages: BoxStream<'static, Result<jetstream::Message, String>>,
     acked: bool,
 ) -> Deliveries {
     let name = stream.to_owned();
-    Box::pin(messages.map(move |m| {
+    let mapped = messages.map(move |m| {
         m.map_err(|reason| LogError::Consume {
             stream: name.clone(),
             reason,
         })
         .and_then(|m| into_delivered(&name, m, acked))
-    }))
+    });
+    Box::pin(futures::stream::unfold(
+        Some(Box::pin(mapped)),
+        |state| async move {
+            let mut messages = state?;
+            match messages.next().await? {
+                Ok(delivered) => Some((Ok(delivered), Some(messages))),
+                Err(e) => Some((Err(e), None)),
+            }
+        },
+    ))
 }
 
 /// A JetStream key-value bucket.
@@ -232,6 +273,7 @@ impl EventLog for JetStreamLog {
                     -1
                 },
                 duplicate_window: spec.duplicate_window,
+                num_replicas: spec.replicas.max(1),
                 retention: stream::RetentionPolicy::Limits,
                 discard: stream::DiscardPolicy::Old,
                 storage: stream::StorageType::File,
@@ -281,7 +323,7 @@ impl EventLog for JetStreamLog {
         filter: Option<&'a str>,
         start: StartAt,
     ) -> BoxFuture<'a, Result<Deliveries, LogError>> {
-        Box::pin(async move {
+        Box::pin(within_setup(stream_name, async move {
             let stream = self.stream(stream_name).await?;
             // "Last per subject" needs a filter; the stream's own subjects select everything.
             let filter_subject = match (filter, start) {
@@ -295,17 +337,29 @@ impl EventLog for JetStreamLog {
                     .unwrap_or_default(),
                 (None, _) => String::new(),
             };
+            // An ephemeral pull consumer of its own (one replica, in memory, gone once
+            // unused), not the client's "ordered" one: that one notices a lost consumer (its
+            // stream leader's node died) only after two 15 s heartbeats. This one's server
+            // heartbeats every second; a missed one ends the deliveries, and the reader
+            // subscribes again from where it got to.
             let consumer = stream
-                .create_consumer(consumer::pull::OrderedConfig {
+                .create_consumer(consumer::pull::Config {
                     deliver_policy: deliver_policy(start),
                     filter_subject,
-                    // Ordered pulls have no byte limit: cap their count instead.
-                    max_batch: ORDERED_MAX_BATCH,
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(10),
+                    num_replicas: 1,
+                    memory_storage: true,
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| consume_error(stream_name, &e))?;
             let messages = consumer
+                .stream()
+                .max_messages_per_batch(1000)
+                .max_bytes_per_batch(PULL_MAX_BYTES)
+                .heartbeat(LIVENESS_HEARTBEAT)
+                .expires(LIVENESS_HEARTBEAT * 5)
                 .messages()
                 .await
                 .map_err(|e| consume_error(stream_name, &e))?;
@@ -314,7 +368,7 @@ impl EventLog for JetStreamLog {
                 Box::pin(messages.map_err(|e| e.to_string())),
                 false,
             ))
-        })
+        }))
     }
 
     fn subscribe_shared<'a>(
@@ -323,7 +377,7 @@ impl EventLog for JetStreamLog {
         durable: &'a str,
         start_if_new: StartAt,
     ) -> BoxFuture<'a, Result<Deliveries, LogError>> {
-        Box::pin(async move {
+        Box::pin(within_setup(stream_name, async move {
             let stream = self.stream(stream_name).await?;
             // Never replaced: every reader of the name shares it, and it keeps its place.
             let consumer = stream
@@ -344,6 +398,8 @@ impl EventLog for JetStreamLog {
                 .stream()
                 .max_messages_per_batch(1000)
                 .max_bytes_per_batch(PULL_MAX_BYTES)
+                .heartbeat(LIVENESS_HEARTBEAT)
+                .expires(LIVENESS_HEARTBEAT * 5)
                 .messages()
                 .await
                 .map_err(|e| consume_error(stream_name, &e))?;
@@ -352,7 +408,7 @@ impl EventLog for JetStreamLog {
                 Box::pin(messages.map_err(|e| e.to_string())),
                 true,
             ))
-        })
+        }))
     }
 
     fn board(&self, spec: BoardSpec) -> BoxFuture<'_, Result<Arc<dyn Board>, LogError>> {
@@ -369,6 +425,7 @@ impl EventLog for JetStreamLog {
                         bucket: spec.name.clone(),
                         history: 1,
                         max_age: spec.max_age,
+                        num_replicas: spec.replicas.max(1),
                         storage: stream::StorageType::File,
                         ..Default::default()
                     })

@@ -80,6 +80,8 @@ pub struct StreamSpec {
     pub max_bytes: i64,
     /// Window in which a repeated message id is dropped as a duplicate.
     pub duplicate_window: Duration,
+    /// Copies kept, on as many servers of a JetStream cluster (1 on a single server).
+    pub replicas: usize,
 }
 
 /// A message to append.
@@ -189,6 +191,8 @@ pub struct BoardSpec {
     pub name: String,
     /// An entry not written again for this long disappears (zero: never).
     pub max_age: Duration,
+    /// Copies kept, as for streams.
+    pub replicas: usize,
 }
 
 /// One key's current value on a [`Board`].
@@ -268,7 +272,9 @@ pub async fn publish_all_durable(
             match publish_durable(log, messages[from].clone()).await {
                 Ok(_) => break,
                 Err(e) => {
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // At most a second apart: once the log is back, the heartbeats waiting
+                    // here must land before anybody's timeout runs out.
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     tracing::warn!(error = %e, retry_in = ?backoff, "publish failed; retrying");
                 }
             }

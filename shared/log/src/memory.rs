@@ -476,6 +476,7 @@ mod tests {
             max_age: Duration::ZERO,
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
+            replicas: 1,
         }
     }
 
@@ -575,6 +576,7 @@ mod tests {
             .board(BoardSpec {
                 name: "B".into(),
                 max_age: Duration::from_millis(200),
+                replicas: 1,
             })
             .await
             .unwrap();

@@ -236,6 +236,7 @@ mod tests {
             max_age: Duration::ZERO,
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
+            replicas: 1,
         })
         .await
         .unwrap();

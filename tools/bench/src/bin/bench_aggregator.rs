@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         max_age: Duration::ZERO,
         max_bytes: MAX_BYTES,
         duplicate_window: Duration::from_secs(120),
+        replicas: 1,
     })
     .await?;
 
@@ -181,6 +182,7 @@ async fn partitioned(
         max_age: Duration::ZERO,
         max_bytes: MAX_BYTES,
         duplicate_window: Duration::from_secs(120),
+        replicas: 1,
     })
     .await?;
     let workload = BeatWorkload::new(connections, rounds as u64, Millis::now());
