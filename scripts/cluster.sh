@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The docker-compose topology as local processes on loopback, for development: NATS JetStream
-# and PostgreSQL (from scripts/with-services.sh), an aggregator, a persister and two edges
+# The docker-compose topology as local processes on loopback, for development: a 3-node NATS
+# JetStream cluster (streams at 3 replicas) and PostgreSQL (from scripts/with-services.sh),
+# an aggregator, a persister and two edges
 # behind Debian's HAProxy on :3000. Ctrl-C stops everything.
 #   public  http://127.0.0.1:3000   (HAProxy: edges on :3001 and :3002)
 #   admin   aggregator :9101, persister :9102, edge-a :9103, edge-b :9104
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" != "--inside" ]]; then
   cargo build --release -p presence
-  exec scripts/with-services.sh "$0" --inside
+  NATS_NODES=3 exec scripts/with-services.sh "$0" --inside
 fi
 
 bin=target/release/presence

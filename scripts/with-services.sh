@@ -26,26 +26,52 @@ trap 'cleanup' EXIT
 NATS_SERVER_BIN=$("$(dirname "$0")/nats-server.sh")
 export NATS_SERVER_BIN
 
-if [[ -n "${NATS_URL:-}" ]] && reachable "$(hostport "$NATS_URL")"; then
+# NATS_NODES=3: a 3-node cluster (routes on loopback) with every stream at 3 replicas.
+nats_nodes=${NATS_NODES:-1}
+if [[ -n "${NATS_URL:-}" ]] && reachable "$(hostport "${NATS_URL%%,*}")"; then
   echo "using the NATS server at $NATS_URL"
 else
   dir=$(mktemp -d)
-  port=$(free_port)
-  cat > "$dir/nats.conf" <<CONF
+  ports=() routes=()
+  for i in $(seq 1 "$nats_nodes"); do
+    ports+=("$(free_port)")
+    routes+=("nats-route://127.0.0.1:$(free_port)")
+  done
+  urls=()
+  for i in $(seq 1 "$nats_nodes"); do
+    port=${ports[$((i - 1))]}
+    cluster=""
+    if ((nats_nodes > 1)); then
+      route=${routes[$((i - 1))]}
+      cluster="cluster { name: presence-local, listen: ${route#nats-route://}, routes: [$(IFS=,; echo "${routes[*]}")] }"
+    fi
+    cat > "$dir/nats-$i.conf" <<CONF
+server_name: n$i
 listen: 127.0.0.1:$port
 jetstream {
-  store_dir: "$dir/js"
+  store_dir: "$dir/js-$i"
   max_file_store: 8G
   max_memory_store: 256M
 }
+$cluster
 CONF
-  "$NATS_SERVER_BIN" -c "$dir/nats.conf" > "$dir/nats.log" 2>&1 &
-  nats_pid=$!
-  stops+=("kill $nats_pid 2>/dev/null; wait $nats_pid 2>/dev/null; rm -rf '$dir'")
-  for _ in $(seq 1 100); do reachable "127.0.0.1:$port" && break; sleep 0.1; done
-  reachable "127.0.0.1:$port" || { echo "nats-server did not start:" >&2; cat "$dir/nats.log" >&2; exit 1; }
-  export NATS_URL="nats://127.0.0.1:$port"
-  echo "started nats-server -js at $NATS_URL"
+    "$NATS_SERVER_BIN" -c "$dir/nats-$i.conf" > "$dir/nats-$i.log" 2>&1 &
+    stops+=("kill $! 2>/dev/null; wait $! 2>/dev/null")
+    urls+=("nats://127.0.0.1:$port")
+  done
+  stops+=("rm -rf '$dir'")
+  for port in "${ports[@]}"; do
+    for _ in $(seq 1 100); do reachable "127.0.0.1:$port" && break; sleep 0.1; done
+    reachable "127.0.0.1:$port" || { echo "nats-server did not start:" >&2; cat "$dir"/nats-*.log >&2; exit 1; }
+  done
+  NATS_URL=$(IFS=,; echo "${urls[*]}")
+  export NATS_URL
+  if ((nats_nodes > 1)); then
+    export PRESENCE_STREAM_REPLICAS=${PRESENCE_STREAM_REPLICAS:-$nats_nodes}
+    # JetStream needs its meta leader before streams can be created.
+    sleep 3
+  fi
+  echo "started $nats_nodes nats-server -js at $NATS_URL"
 fi
 
 db_hostport() { # postgres://user@host:port/db -> host:port
