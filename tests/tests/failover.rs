@@ -134,6 +134,29 @@ fn exactly_once(observer: &Observer, online: &[String], left: &[String]) {
     );
 }
 
+/// Waits until the observer has seen every one of `users` online and every one of `left`
+/// offline; then each exactly once, and PostgreSQL in agreement (the watcher online too).
+async fn settled_exactly_once(
+    observer: &Observer,
+    edge: &str,
+    users: &[User],
+    left: &[(String, u64)],
+) {
+    let online: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
+    let left: Vec<String> = left.iter().map(|(u, _)| u.clone()).collect();
+    observer
+        .until_all(&online, "online", SEEN_WITHIN)
+        .await
+        .unwrap();
+    observer
+        .until_all(&left, "offline", SEEN_WITHIN)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    exactly_once(observer, &online, &left);
+    until_consistent(edge, online.len() as u64 + 1, Duration::from_secs(15)).await;
+}
+
 fn names(prefix: &str, range: std::ops::Range<usize>) -> impl Iterator<Item = String> + use<> {
     let prefix = prefix.to_owned();
     range.map(move |i| format!("{prefix}{i}"))
@@ -161,20 +184,8 @@ async fn with_three_aggregators_each_transition_reaches_an_observer_exactly_once
         .unwrap();
     let mut users = join(&[&a, &b], names("e", 0..50)).await;
     let left = leave(users.drain(..20).collect()).await;
-    let online: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
-    let left_names: Vec<String> = left.iter().map(|(u, _)| u.clone()).collect();
-    observer
-        .until_all(&online, "online", SEEN_WITHIN)
-        .await
-        .unwrap();
-    observer
-        .until_all(&left_names, "offline", SEEN_WITHIN)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // Those who left were shown online once too, before their one offline.
-    exactly_once(&observer, &online, &left_names);
-    until_consistent(&a, online.len() as u64 + 1, Duration::from_secs(15)).await;
+    settled_exactly_once(&observer, &a, &users, &left).await;
 }
 
 #[tokio::test]
@@ -438,19 +449,7 @@ async fn partitions_move_cleanly_when_an_aggregator_joins_and_when_one_stops() {
     users.extend(join(&[&a, &b], names("r", 25..30)).await);
     until_owned(&a, &["agg-0", "agg-2", "agg-3"], Duration::from_secs(10)).await;
 
-    let online: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
-    let left_names: Vec<String> = left.iter().map(|(u, _)| u.clone()).collect();
-    observer
-        .until_all(&online, "online", SEEN_WITHIN)
-        .await
-        .unwrap();
-    observer
-        .until_all(&left_names, "offline", SEEN_WITHIN)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    exactly_once(&observer, &online, &left_names);
-    until_consistent(&a, online.len() as u64 + 1, Duration::from_secs(15)).await;
+    settled_exactly_once(&observer, &a, &users, &left).await;
 }
 
 #[tokio::test]

@@ -175,6 +175,7 @@ pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationTok
         log_clock_ahead_ms: std::collections::VecDeque::with_capacity(CLOCK_SAMPLES),
     };
     let stream = subjects.events_stream();
+    check_for_gap(&mut state, log.as_ref(), &stream, partition).await;
     let filter = subjects.partition_events(partition);
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() && saved.lease.is_valid() {
@@ -218,6 +219,41 @@ pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationTok
     {
         snapshots.save(partition, &state, saved.lease.epoch()).await;
     }
+}
+
+/// The log's limits (`PRESENCE_EVENTS_MAX_AGE_HOURS`, `PRESENCE_EVENTS_MAX_BYTES`) may have
+/// discarded events the fold never read: a snapshot older than the oldest event kept, or no
+/// snapshot at all over a log whose start is gone. The fold does not pretend otherwise: the
+/// gap is logged with its range and counted (`presence_log_gaps_total`), and folding goes on
+/// from the oldest event kept. What the gap held is lost to the fold; presence converges
+/// within a heartbeat timeout: connections that still beat are (re)opened by their beats,
+/// connections whose leave was discarded are swept for silence.
+async fn check_for_gap(state: &mut Fold, log: &dyn EventLog, stream: &str, partition: Partition) {
+    let first = match log.first_sequence(stream).await {
+        Ok(first) => first,
+        Err(e) => {
+            tracing::warn!(error = %e, %partition, "cannot tell where the event log starts");
+            return;
+        }
+    };
+    let next = state.presence.last_seq() + 1;
+    if let Some(missing) = gap(next, first) {
+        metrics::counter!("presence_log_gaps_total", "partition" => partition.to_string())
+            .increment(1);
+        tracing::error!(
+            %partition,
+            from = missing.0,
+            to = missing.1,
+            "events the fold never read were discarded by the log's limits; folding on from the oldest kept (presence converges within a heartbeat timeout)"
+        );
+        state.presence.skip(first - 1);
+    }
+}
+
+/// The sequences discarded before the fold could read them, when it is to go on at `next`
+/// and the log starts at `first`.
+fn gap(next: u64, first: u64) -> Option<(u64, u64)> {
+    (first > next).then(|| (next, first - 1))
 }
 
 /// Customers that get their own `customer` label on the active-users gauges: the first
@@ -509,6 +545,15 @@ mod tests {
 
     fn event(at: u64, body: EventBody) -> Event {
         Event::new(NodeId::parse("n").unwrap(), Millis(at), body)
+    }
+
+    #[test]
+    fn a_log_starting_after_the_next_event_to_fold_is_a_gap() {
+        assert_eq!(gap(1, 1), None);
+        assert_eq!(gap(101, 50), None);
+        assert_eq!(gap(101, 101), None);
+        assert_eq!(gap(101, 160), Some((101, 159)));
+        assert_eq!(gap(1, 7), Some((1, 6)));
     }
 
     #[test]

@@ -132,13 +132,25 @@ impl Aggregator {
         readiness: Readiness,
     ) -> Result<(), presence_log::LogError> {
         metric_families::register(self.subjects.partitions());
-        let board = coordinator::open_board(
-            self.log.as_ref(),
-            &self.subjects,
-            Duration::from_millis(self.config.lease_ttl_ms),
-            self.replicas,
-        )
-        .await?;
+        // A cluster still electing its leaders answers after a while: wait up to 30 s.
+        let started = std::time::Instant::now();
+        let board = loop {
+            match coordinator::open_board(
+                self.log.as_ref(),
+                &self.subjects,
+                Duration::from_millis(self.config.lease_ttl_ms),
+                self.replicas,
+            )
+            .await
+            {
+                Ok(board) => break board,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    tracing::warn!(error = %e, "cannot open the lease board yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let settings = coordinator::FoldSettings {
             config: self.config,
             log: self.log,

@@ -111,6 +111,12 @@ pub(crate) fn register(partitions: Partitions) {
         "kind",
         &["tick", "metrics_tick"],
     );
+    zero_counters(
+        "presence_log_gaps_total",
+        "Starts of a partition's fold after events it never read were discarded by the log's limits",
+        "partition",
+        &labels,
+    );
     zero_counter(
         "presence_snapshots_refused_total",
         "Snapshots not saved because a newer owner had saved the partition's",

@@ -20,7 +20,7 @@ use presence_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::streams::{ensure_streams, pin_partitions};
+use crate::streams::{ensure_streams, pin_partitions, retrying};
 
 /// What a started role reports: its listeners.
 type Listeners = Vec<(&'static str, SocketAddr)>;
@@ -217,9 +217,11 @@ where
     let subjects = Subjects::new(&log_args.namespace);
     let partitions = pin_partitions(log.as_ref(), &subjects, log_args).await?;
     let subjects = subjects.with_partitions(partitions);
-    ensure_streams(log.as_ref(), &subjects, log_args)
-        .await
-        .context("creating the event streams")?;
+    retrying("creating the event streams", || {
+        ensure_streams(log.as_ref(), &subjects, log_args)
+    })
+    .await
+    .context("creating the event streams")?;
     let node_id = match &node.node_id {
         Some(id) => NodeId::parse(id.clone()).context("PRESENCE_NODE_ID")?,
         None => NodeId::parse(format!("{role}-{}", std::process::id())).context("node id")?,

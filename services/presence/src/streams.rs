@@ -11,6 +11,32 @@ use presence_log::{BoardSpec, EventLog, LogError, StreamSpec};
 
 const PARTITIONS_KEY: &str = "partitions";
 
+/// How long a role starting keeps trying to reach JetStream (a cluster still electing its
+/// leaders, a server restarting) before it gives up.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `attempt` until it succeeds or [`START_PATIENCE`] has passed, with backoff.
+pub(crate) async fn retrying<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if started.elapsed() + backoff < START_PATIENCE => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "{what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The number of partitions of the cluster's log: recorded by the first role that starts,
 /// and from then on the same for everyone. `configured` must match it.
 pub(crate) async fn pin_partitions(

@@ -115,6 +115,29 @@ fn consume_error(stream: &str, e: &dyn std::fmt::Display) -> LogError {
     }
 }
 
+/// Pulls `consumer`'s messages (in batches under the slow-consumer limit, with the server's
+/// liveness heartbeats) as [`Deliveries`].
+async fn pulled(
+    stream_name: &str,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    acked: bool,
+) -> Result<Deliveries, LogError> {
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(1000)
+        .max_bytes_per_batch(PULL_MAX_BYTES)
+        .heartbeat(LIVENESS_HEARTBEAT)
+        .expires(LIVENESS_HEARTBEAT * 5)
+        .messages()
+        .await
+        .map_err(|e| consume_error(stream_name, &e))?;
+    Ok(deliveries(
+        stream_name,
+        Box::pin(messages.map_err(|e| e.to_string())),
+        acked,
+    ))
+}
+
 /// A subscription's messages as [`Deliveries`]. The first failure (a missed heartbeat: the
 /// consumer or its server is gone) is delivered and ends them, so the reader resubscribes
 /// rather than waiting on a consumer that no longer exists.
@@ -354,20 +377,7 @@ impl EventLog for JetStreamLog {
                 })
                 .await
                 .map_err(|e| consume_error(stream_name, &e))?;
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(1000)
-                .max_bytes_per_batch(PULL_MAX_BYTES)
-                .heartbeat(LIVENESS_HEARTBEAT)
-                .expires(LIVENESS_HEARTBEAT * 5)
-                .messages()
-                .await
-                .map_err(|e| consume_error(stream_name, &e))?;
-            Ok(deliveries(
-                stream_name,
-                Box::pin(messages.map_err(|e| e.to_string())),
-                false,
-            ))
+            pulled(stream_name, consumer, false).await
         }))
     }
 
@@ -394,20 +404,7 @@ impl EventLog for JetStreamLog {
                 )
                 .await
                 .map_err(|e| consume_error(stream_name, &e))?;
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(1000)
-                .max_bytes_per_batch(PULL_MAX_BYTES)
-                .heartbeat(LIVENESS_HEARTBEAT)
-                .expires(LIVENESS_HEARTBEAT * 5)
-                .messages()
-                .await
-                .map_err(|e| consume_error(stream_name, &e))?;
-            Ok(deliveries(
-                stream_name,
-                Box::pin(messages.map_err(|e| e.to_string())),
-                true,
-            ))
+            pulled(stream_name, consumer, true).await
         }))
     }
 
@@ -448,6 +445,21 @@ impl EventLog for JetStreamLog {
                 reason: e.to_string(),
             })?;
             Ok(info.state.last_sequence)
+        })
+    }
+
+    fn first_sequence<'a>(&'a self, stream_name: &'a str) -> BoxFuture<'a, Result<u64, LogError>> {
+        Box::pin(async move {
+            let mut stream = self.stream(stream_name).await?;
+            let info = stream.info().await.map_err(|e| LogError::Stream {
+                stream: stream_name.to_owned(),
+                reason: e.to_string(),
+            })?;
+            Ok(if info.state.messages == 0 {
+                info.state.last_sequence + 1
+            } else {
+                info.state.first_sequence
+            })
         })
     }
 }

@@ -182,6 +182,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Sequence of the newest message of `stream` (0 when empty).
     fn last_sequence<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<u64, LogError>>;
+
+    /// Sequence of the oldest message `stream` still keeps (its limits discard older ones);
+    /// the next sequence to be written when it keeps none.
+    fn first_sequence<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<u64, LogError>>;
 }
 
 /// A key-value board to open with [`EventLog::board`].

@@ -458,6 +458,23 @@ impl EventLog for MemoryLog {
                 })
         })
     }
+
+    fn first_sequence<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<u64, LogError>> {
+        Box::pin(async move {
+            self.lock()
+                .iter()
+                .find(|s| s.spec.name == stream)
+                .map(|s| {
+                    s.messages
+                        .first_key_value()
+                        .map_or(s.last_seq + 1, |(seq, _)| *seq)
+                })
+                .ok_or_else(|| LogError::Stream {
+                    stream: stream.to_owned(),
+                    reason: "no such stream".into(),
+                })
+        })
+    }
 }
 
 #[cfg(test)]

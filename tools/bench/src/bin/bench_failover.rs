@@ -12,30 +12,20 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use presence_e2e::{Observer, Proc, connect, http, nats_url, now_ms, token, unique_namespace};
+use presence_e2e::{
+    Observer, Proc, connect, nats_url, now_ms, partition_owners, token, unique_namespace,
+};
 use presence_events::{Partitions, TenantId, UserId};
-use serde_json::Value;
 
 const PARTITIONS: u64 = 4;
 const AGGREGATORS: usize = 3;
 
 /// Partition -> owner, for the partitions whose figures are current.
 async fn owners(edge: &str) -> BTreeMap<u16, String> {
-    let Ok(r) = http("GET", &format!("{edge}/api/health"), &[], None).await else {
-        return BTreeMap::new();
-    };
-    let v: Value = r.json();
-    v["partitions"]
-        .as_array()
+    partition_owners(edge)
+        .await
         .into_iter()
-        .flatten()
-        .filter(|p| p["status"] == "ok")
-        .filter_map(|p| {
-            Some((
-                u16::try_from(p["partition"].as_u64()?).ok()?,
-                p["owner"].as_str()?.to_owned(),
-            ))
-        })
+        .filter_map(|(p, (owner, _))| Some((u16::try_from(p).ok()?, owner)))
         .collect()
 }
 
