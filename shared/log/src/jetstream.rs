@@ -68,6 +68,16 @@ impl JetStreamLog {
         self.context.client().connection_state() == async_nats::connection::State::Connected
     }
 
+    /// What `name` holds now (fresh from the server).
+    async fn state(&self, name: &str) -> Result<stream::State, LogError> {
+        let mut stream = self.stream(name).await?;
+        let info = stream.info().await.map_err(|e| LogError::Stream {
+            stream: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(info.state.clone())
+    }
+
     async fn stream(&self, name: &str) -> Result<stream::Stream, LogError> {
         self.context
             .get_stream(name)
@@ -438,27 +448,16 @@ impl EventLog for JetStreamLog {
     }
 
     fn last_sequence<'a>(&'a self, stream_name: &'a str) -> BoxFuture<'a, Result<u64, LogError>> {
-        Box::pin(async move {
-            let mut stream = self.stream(stream_name).await?;
-            let info = stream.info().await.map_err(|e| LogError::Stream {
-                stream: stream_name.to_owned(),
-                reason: e.to_string(),
-            })?;
-            Ok(info.state.last_sequence)
-        })
+        Box::pin(async move { Ok(self.state(stream_name).await?.last_sequence) })
     }
 
     fn first_sequence<'a>(&'a self, stream_name: &'a str) -> BoxFuture<'a, Result<u64, LogError>> {
         Box::pin(async move {
-            let mut stream = self.stream(stream_name).await?;
-            let info = stream.info().await.map_err(|e| LogError::Stream {
-                stream: stream_name.to_owned(),
-                reason: e.to_string(),
-            })?;
-            Ok(if info.state.messages == 0 {
-                info.state.last_sequence + 1
+            let state = self.state(stream_name).await?;
+            Ok(if state.messages == 0 {
+                state.last_sequence + 1
             } else {
-                info.state.first_sequence
+                state.first_sequence
             })
         })
     }

@@ -43,16 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let namespace = unique_namespace();
     let subjects = Subjects::new(&namespace);
     let log = JetStreamLog::connect(&nats_url()?, "bench").await?;
-    log.ensure_stream(StreamSpec {
-        name: subjects.events_stream(),
-        subjects: vec![subjects.events_wildcard()],
-        max_msgs_per_subject: 0,
-        max_age: Duration::ZERO,
-        max_bytes: MAX_BYTES,
-        duplicate_window: Duration::from_secs(120),
-        replicas: 1,
-    })
-    .await?;
+    events_stream(&log, &subjects).await?;
 
     // Times from now on, 5 s a round: the live aggregator's own sweep ticks come after all of
     // it in the stream, and sweep nobody.
@@ -164,6 +155,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the events stream of `subjects`, with room for the whole pre-filled workload.
+async fn events_stream(log: &JetStreamLog, subjects: &Subjects) -> anyhow::Result<()> {
+    log.ensure_stream(StreamSpec {
+        name: subjects.events_stream(),
+        subjects: vec![subjects.events_wildcard()],
+        max_msgs_per_subject: 0,
+        max_age: Duration::ZERO,
+        max_bytes: MAX_BYTES,
+        duplicate_window: Duration::from_secs(120),
+        replicas: 1,
+    })
+    .await?;
+    Ok(())
+}
+
 /// The partitioned fold: `partitions` partitions over `aggregators` aggregators.
 async fn partitioned(
     connections: usize,
@@ -175,16 +181,7 @@ async fn partitioned(
     let parts = Partitions::new(partitions as u64)?;
     let subjects = Subjects::new(&namespace).with_partitions(parts);
     let log = JetStreamLog::connect(&nats_url()?, "bench").await?;
-    log.ensure_stream(StreamSpec {
-        name: subjects.events_stream(),
-        subjects: vec![subjects.events_wildcard()],
-        max_msgs_per_subject: 0,
-        max_age: Duration::ZERO,
-        max_bytes: MAX_BYTES,
-        duplicate_window: Duration::from_secs(120),
-        replicas: 1,
-    })
-    .await?;
+    events_stream(&log, &subjects).await?;
     let workload = BeatWorkload::new(connections, rounds as u64, Millis::now());
     let mut messages: Vec<Outgoing> = Vec::new();
     let mut push = |p: Partition, event: &Event| {
