@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-partitions bench-failover bench-persister check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-partitions bench-failover bench-persister chaos check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -72,6 +72,11 @@ bench-partitions: ## the cost of partitioning: 10,000 heartbeating connections o
 bench-failover: ## failover time over 20 SIGKILLs of the busiest of 3 aggregators (p50 / max)
 	$(CARGO) build --release -p presence -p presence-bench
 	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-failover 20
+
+chaos: ## the chaos suite: 2,000 users behind HAProxy, every role killed one at a time (3 NATS nodes, PostgreSQL); writes the table to docs/reliability.md
+	$(CARGO) build --release -p presence -p presence-e2e --bin presence-chaos
+	PRESENCE_BIN=target/release/presence NATS_SERVER_BIN=$$(scripts/nats-server.sh) \
+	  target/release/presence-chaos --users 2000 --write docs/reliability.md
 
 bench-persister: ## rows/s of the persister on a burst of 10,000 changes (real NATS + PostgreSQL)
 	$(CARGO) build --release -p presence -p presence-bench

@@ -20,8 +20,15 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Starts HAProxy in front of `edges`: (public URL, admin URL) pairs.
+    /// Starts HAProxy in front of `edges`: (public URL, admin URL) pairs, sticky by client
+    /// address.
     pub async fn start(edges: &[(String, String)]) -> anyhow::Result<Self> {
+        Self::start_with(edges, "source").await
+    }
+
+    /// As [`Balancer::start`], with another `balance` algorithm (`leastconn` spreads clients
+    /// that all come from one address, WebSocket-only, over the edges).
+    pub async fn start_with(edges: &[(String, String)], balance: &str) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -34,7 +41,7 @@ impl Balancer {
             servers.push_str(&format!("    server edge{i} {addr} port {check_port}\n"));
         }
         let config = format!(
-            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    timeout tunnel 1h\n    option forwardfor\n    default-server check inter 200ms fall 1 rise 1\n\nfrontend public\n    bind 127.0.0.1:{port}\n    default_backend edges\n\nbackend edges\n    balance source\n    option httpchk GET /readyz\n{servers}"
+            "global\n    maxconn 9000\n\ndefaults\n    mode http\n    maxconn 9000\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    timeout tunnel 1h\n    option forwardfor\n    default-server check inter 200ms fall 1 rise 1\n\nfrontend public\n    bind 127.0.0.1:{port}\n    default_backend edges\n\nbackend edges\n    balance {balance}\n    option httpchk GET /readyz\n{servers}"
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config)?;

@@ -29,6 +29,8 @@ pub struct Deployment {
     pub b: String,
     /// The deployment's own database, when started with persistence.
     pub database_url: Option<String>,
+    /// The environment every process starts from.
+    base: Env,
 }
 
 impl Deployment {
@@ -64,11 +66,21 @@ impl Deployment {
         if let Some(url) = &database_url {
             env.push(("DATABASE_URL".into(), url.clone()));
         }
+        if matches!(mode, Mode::Cluster) {
+            // A test may bring its own NATS (a 3-node cluster).
+            if !env.iter().any(|(k, _)| k == "NATS_URL") {
+                env.push(("NATS_URL".into(), nats_url()?));
+            }
+            if !env.iter().any(|(k, _)| k == "PRESENCE_NAMESPACE") {
+                env.push(("PRESENCE_NAMESPACE".into(), unique_namespace()));
+            }
+        }
         let mut d = Self {
             procs: Vec::new(),
             a: String::new(),
             b: String::new(),
             database_url: database_url.clone(),
+            base: env.clone(),
         };
         match mode {
             Mode::Standalone => {
@@ -77,13 +89,6 @@ impl Deployment {
                 d.b = d.a.clone();
             }
             Mode::Cluster => {
-                // A test may bring its own NATS (a 3-node cluster).
-                if !env.iter().any(|(k, _)| k == "NATS_URL") {
-                    env.push(("NATS_URL".into(), nats_url()?));
-                }
-                if !env.iter().any(|(k, _)| k == "PRESENCE_NAMESPACE") {
-                    env.push(("PRESENCE_NAMESPACE".into(), unique_namespace()));
-                }
                 d.spawn("aggregator", env.clone()).await?;
                 if database_url.is_some() {
                     d.spawn("persister", env.clone()).await?;
@@ -122,14 +127,35 @@ impl Deployment {
             .unwrap_or_else(|| panic!("no {role} in this deployment"))
     }
 
+    /// A cluster deployment with no process yet, on NATS at `env`'s `NATS_URL` (or the run's)
+    /// in a fresh namespace: its processes are started with [`Deployment::add`].
+    pub fn empty(env: &[(&str, String)], database_url: Option<String>) -> anyhow::Result<Self> {
+        let mut base: Env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        if !base.iter().any(|(k, _)| k == "NATS_URL") {
+            base.push(("NATS_URL".into(), nats_url()?));
+        }
+        if !base.iter().any(|(k, _)| k == "PRESENCE_NAMESPACE") {
+            base.push(("PRESENCE_NAMESPACE".into(), unique_namespace()));
+        }
+        if let Some(url) = &database_url {
+            base.push(("DATABASE_URL".into(), url.clone()));
+        }
+        Ok(Self {
+            procs: Vec::new(),
+            a: String::new(),
+            b: String::new(),
+            database_url,
+            base,
+        })
+    }
+
     /// Starts another process of `role` with the deployment's environment plus `extra` (a
     /// second aggregator, a third edge); returns its index among the processes of `role`.
     pub async fn add(&mut self, role: &str, extra: &[(&str, String)]) -> anyhow::Result<usize> {
-        let mut env = self
-            .procs
-            .first()
-            .map(|(_, env, _)| env.clone())
-            .context("an empty deployment")?;
+        let mut env = self.base.clone();
         env.retain(|(k, _)| k != "PRESENCE_NODE_ID");
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
@@ -149,13 +175,36 @@ impl Deployment {
             .unwrap_or_else(|| panic!("no {role} number {n} in this deployment"))
     }
 
+    /// Starts the `n`th process of `role` again (after a kill), with the same environment.
+    pub async fn respawn(&mut self, role: &str, n: usize) -> anyhow::Result<()> {
+        let i = self
+            .procs
+            .iter()
+            .enumerate()
+            .filter(|(_, (r, _, _))| r == role)
+            .nth(n)
+            .map(|(i, _)| i)
+            .with_context(|| format!("no {role} number {n} in this deployment"))?;
+        let borrowed: Vec<(&str, String)> = self.procs[i]
+            .1
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        self.procs[i].2 = Proc::start(role, &borrowed).await?;
+        Ok(())
+    }
+
+    /// How many processes of `role` the deployment has (running or killed).
+    pub fn count(&self, role: &str) -> usize {
+        self.procs.iter().filter(|(r, _, _)| r == role).count()
+    }
+
     /// The stream namespace of a cluster deployment.
     pub fn namespace(&self) -> Option<String> {
-        self.procs.first().and_then(|(_, env, _)| {
-            env.iter()
-                .find(|(k, _)| k == "PRESENCE_NAMESPACE")
-                .map(|(_, v)| v.clone())
-        })
+        self.base
+            .iter()
+            .find(|(k, _)| k == "PRESENCE_NAMESPACE")
+            .map(|(_, v)| v.clone())
     }
 
     /// The admin URL of the `n`th edge (0 is edge A).

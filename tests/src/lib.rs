@@ -11,6 +11,7 @@
 //! | [`deployment`] | [`Mode`] and [`Deployment`]: standalone, or aggregator and two edges |
 //! | [`postgres`] | a fresh database, or a PostgreSQL server of a test's own |
 //! | [`balancer`] | HAProxy in front of edges |
+//! | [`chaos`] | the chaos suite (`make chaos`) |
 //! | [`http`](mod@http) | a raw HTTP/1.1 client and [`HttpResponse`] |
 //! | [`clients`] | tokens, Socket.io connections, waiting for updates |
 //! | [`nats_cluster`] | a 3-node JetStream cluster of a test's own |
@@ -21,6 +22,7 @@
 //! Everything a test uses is re-exported here: `use presence_e2e::{Deployment, Mode, connect}`.
 
 pub mod balancer;
+pub mod chaos;
 pub mod clients;
 pub mod deployment;
 pub mod http;
@@ -42,4 +44,6 @@ pub use process::{
     HEARTBEAT_TIMEOUT_MS, Proc, SECRET, SWEEP_INTERVAL_MS, nats_url, presence_bin, unique_namespace,
 };
 pub use procfs::{cpu_seconds, rss_bytes};
-pub use readings::{metric_total, partition_owners, until_consistent};
+pub use readings::{
+    metric_total, partition_owners, partition_seqs, until_all_owned, until_consistent,
+};

@@ -162,6 +162,51 @@ impl NatsCluster {
         None
     }
 
+    /// The names of the streams a running node reports without a leader (every stream of
+    /// the cluster: its tests' streams and key-value buckets), or `None` when no node answers.
+    pub async fn streams_without_leader(&self) -> Option<Vec<String>> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                continue;
+            }
+            let Some(v) = self.jsz(i).await else { continue };
+            let mut leaderless = Vec::new();
+            let mut streams = 0;
+            for account in v["account_details"].as_array().into_iter().flatten() {
+                for s in account["stream_detail"].as_array().into_iter().flatten() {
+                    streams += 1;
+                    if s["cluster"]["leader"].as_str().is_none_or(str::is_empty) {
+                        leaderless.push(s["name"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+            }
+            if streams > 0 {
+                return Some(leaderless);
+            }
+        }
+        None
+    }
+
+    /// Waits until every stream (and key-value bucket) has a leader again.
+    pub async fn until_every_stream_led(&self, within: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let leaderless = self.streams_without_leader().await;
+            if leaderless.as_ref().is_some_and(Vec::is_empty) {
+                return Ok(());
+            }
+            if started.elapsed() > within {
+                bail!("streams without a leader after {within:?}: {leaderless:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The names of every node.
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
     fn index(&self, name: &str) -> anyhow::Result<usize> {
         self.nodes
             .iter()

@@ -66,3 +66,30 @@ pub async fn partition_owners(edge: &str) -> BTreeMap<u64, (String, u64)> {
         })
         .collect()
 }
+
+/// Waits until each of the `count` partitions has current figures on `edge` (an owner that
+/// ticks); panics after `within`.
+pub async fn until_all_owned(edge: &str, count: usize, within: Duration) {
+    let started = std::time::Instant::now();
+    while partition_owners(edge).await.len() < count {
+        assert!(
+            started.elapsed() < within,
+            "partitions without an owner after {within:?}: {:?}",
+            partition_owners(edge).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The event-log sequence of every partition's last tick on `edge`'s `/api/health`.
+pub async fn partition_seqs(edge: &str) -> BTreeMap<u64, u64> {
+    let Ok(r) = http("GET", &format!("{edge}/api/health"), &[], None).await else {
+        return BTreeMap::new();
+    };
+    r.json()["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["partition"].as_u64()?, p["seq"].as_u64()?)))
+        .collect()
+}

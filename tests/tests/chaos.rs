@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use presence_e2e::{
     Deployment, Mode, NatsCluster, Observer, connect, now_ms, partition_owners, token,
-    until_consistent,
+    until_all_owned, until_consistent,
 };
 use presence_events::Subjects;
 use presence_sio_client::SioClient;
@@ -88,19 +88,6 @@ impl Workload {
     }
 }
 
-/// Waits until every partition has current figures (an owner that ticks).
-async fn until_all_owned(edge: &str, within: Duration) {
-    let started = Instant::now();
-    while partition_owners(edge).await.len() < 4 {
-        assert!(
-            started.elapsed() < within,
-            "partitions without an owner after {within:?}: {:?}",
-            partition_owners(edge).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Joins a probe user after a fault and returns how long after `fault_at` the observer saw it.
 async fn recovery(
     observer: &Observer,
@@ -146,7 +133,7 @@ async fn the_stream_leader_and_a_partition_owner_killed_under_load_lose_nothing(
         .unwrap();
     let (a, b) = (d.a.clone(), d.b.clone());
     let events = Subjects::new(&d.namespace().unwrap()).events_stream();
-    until_all_owned(&a, Duration::from_secs(20)).await;
+    until_all_owned(&a, 4, Duration::from_secs(20)).await;
     let observer = Observer::start(&b, &token("watcher", "female"))
         .await
         .unwrap();

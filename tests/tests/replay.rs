@@ -74,8 +74,14 @@ async fn the_rebuilt_projection_equals_the_live_one_and_timelines_are_in_order()
         .await
         .unwrap();
     until_consistent(&d.a, 2, Duration::from_secs(8)).await;
-    let live = rows(&pool).await;
-    assert_eq!(live.len(), 3);
+    // The consistency check reads the online rows; the offline one may land a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut live = rows(&pool).await;
+    while live.len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        live = rows(&pool).await;
+    }
+    assert_eq!(live.len(), 3, "{live:?}");
 
     let dry = replay(&d, &["rebuild", "--dry-run"]).await;
     assert!(dry.contains("dry run: 0 of 3 rows would change"), "{dry}");

@@ -12,7 +12,7 @@ use presence_events::{
     ClusterStats, EncodeError, Event, EventBody, Millis, NodeId, Partition, SCHEMA_VERSION,
     Subjects,
 };
-use presence_log::{EventLog, Outgoing, StartAt, publish_all_durable};
+use presence_log::{EventLog, LogError, Outgoing, StartAt, publish_all_durable};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +38,7 @@ impl Fold {
     pub(crate) fn new(config: &crate::AggregatorConfig) -> Self {
         let mut presence = PresenceState::new(config.heartbeat_timeout_ms);
         presence.set_outage_after(Some(config.outage_after_ms()));
+        presence.set_offline_retention(Some(config.offline_retention_ms()));
         Self {
             presence,
             active: ActiveUsers::new(config.session_ttl_ms, config.ema_alpha),
@@ -71,6 +72,8 @@ impl Snapshots {
                         .set_heartbeat_timeout(fresh.presence.heartbeat_timeout_ms());
                     fold.presence
                         .set_outage_after(fresh.presence.outage_after());
+                    fold.presence
+                        .set_offline_retention(fresh.presence.offline_retention());
                     fold.active
                         .set_settings(fresh.active.session_ttl_ms(), fresh.active.alpha());
                     metrics::gauge!("presence_snapshot_loaded_sequence", "partition" => partition.to_string())
@@ -175,12 +178,18 @@ pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationTok
         log_clock_ahead_ms: std::collections::VecDeque::with_capacity(CLOCK_SAMPLES),
     };
     let stream = subjects.events_stream();
-    check_for_gap(&mut state, log.as_ref(), &stream, partition).await;
     let filter = subjects.partition_events(partition);
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() && saved.lease.is_valid() {
-        let start = StartAt::Sequence(state.presence.last_seq() + 1);
-        match log.subscribe(&stream, Some(&filter), start).await {
+        // Before every (re)subscription: the log may have discarded what comes next.
+        let subscribed = match check_for_gap(&mut state, log.as_ref(), &stream, partition).await {
+            Ok(()) => {
+                let start = StartAt::Sequence(state.presence.last_seq() + 1);
+                log.subscribe(&stream, Some(&filter), start).await
+            }
+            Err(e) => Err(e),
+        };
+        match subscribed {
             Ok(deliveries) => {
                 tracing::info!(
                     %partition,
@@ -228,12 +237,22 @@ pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationTok
 /// from the oldest event kept. What the gap held is lost to the fold; presence converges
 /// within a heartbeat timeout: connections that still beat are (re)opened by their beats,
 /// connections whose leave was discarded are swept for silence.
-async fn check_for_gap(state: &mut Fold, log: &dyn EventLog, stream: &str, partition: Partition) {
-    let first = match log.first_sequence(stream).await {
-        Ok(first) => first,
-        Err(e) => {
-            tracing::warn!(error = %e, %partition, "cannot tell where the event log starts");
-            return;
+///
+/// The question is bounded to [`GAP_CHECK_WITHIN`]: a stream that is still electing its
+/// leader does not answer, and the fold asks again rather than wait on it.
+async fn check_for_gap(
+    state: &mut Fold,
+    log: &dyn EventLog,
+    stream: &str,
+    partition: Partition,
+) -> Result<(), LogError> {
+    let first = match tokio::time::timeout(GAP_CHECK_WITHIN, log.first_sequence(stream)).await {
+        Ok(answer) => answer?,
+        Err(_) => {
+            return Err(LogError::Stream {
+                stream: stream.to_owned(),
+                reason: format!("where the log starts: no answer within {GAP_CHECK_WITHIN:?}"),
+            });
         }
     };
     let next = state.presence.last_seq() + 1;
@@ -248,7 +267,11 @@ async fn check_for_gap(state: &mut Fold, log: &dyn EventLog, stream: &str, parti
         );
         state.presence.skip(first - 1);
     }
+    Ok(())
 }
+
+/// How long the fold waits to learn where the log starts before asking again.
+const GAP_CHECK_WITHIN: Duration = Duration::from_secs(1);
 
 /// The sequences discarded before the fold could read them, when it is to go on at `next`
 /// and the log starts at `first`.
@@ -399,6 +422,8 @@ async fn fold_until_interrupted(
                         ));
                     }
                     if tick {
+                        metrics::gauge!("presence_fold_users", "partition" => partition.to_string())
+                            .set(state.presence.users_held() as f64);
                         let figures = Figures {
                             partition,
                             owner: &saved.node,

@@ -487,6 +487,7 @@ mod tests {
             ema_alpha: 0.2,
             snapshot_interval_ms: 30_000,
             lease_ttl_ms: TTL_MS,
+            offline_retention: Duration::from_secs(3600),
         }
     }
 

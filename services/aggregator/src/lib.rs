@@ -60,6 +60,11 @@ pub struct AggregatorConfig {
     /// aggregator takes the partition over then. Renewed every sixth of it.
     #[arg(long, env = "PRESENCE_LEASE_TTL_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(300..))]
     pub lease_ttl_ms: u64,
+    /// A user offline for this long leaves the fold's memory and its snapshot (event time;
+    /// `24h`, `90m`, `3600s`): the fold holds the online and the recently gone. Its last
+    /// presence stays in PostgreSQL (`lastSeen`).
+    #[arg(long, env = "PRESENCE_OFFLINE_RETENTION", default_value = "24h", value_parser = parse_retention)]
+    pub offline_retention: Duration,
 }
 
 impl AggregatorConfig {
@@ -69,6 +74,21 @@ impl AggregatorConfig {
     pub fn outage_after_ms(&self) -> u64 {
         (self.sweep_interval_ms * 4).max(self.heartbeat_timeout_ms / 2)
     }
+
+    /// [`AggregatorConfig::offline_retention`] in ms.
+    pub fn offline_retention_ms(&self) -> u64 {
+        u64::try_from(self.offline_retention.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// At least a minute: a user must stay in the fold well past its offline change, which the
+/// persister writes to PostgreSQL within seconds.
+fn parse_retention(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| format!("{raw:?}: {e}"))?;
+    if d < Duration::from_secs(60) {
+        return Err(format!("{raw:?}: the retention must be at least 60s"));
+    }
+    Ok(d)
 }
 
 fn parse_alpha(raw: &str) -> Result<f64, String> {

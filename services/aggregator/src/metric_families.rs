@@ -99,6 +99,10 @@ pub(crate) fn register(partitions: Partitions) {
         "presence_lease_epoch",
         "Lease epoch of a partition held here"
     );
+    describe_gauge!(
+        "presence_fold_users",
+        "Users a partition's fold holds: online, and offline within PRESENCE_OFFLINE_RETENTION"
+    );
     zero_counters(
         "presence_lease_transitions_total",
         "Lease changes of this aggregator, by transition",

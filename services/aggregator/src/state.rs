@@ -11,9 +11,12 @@
 //! - a connection silent for the heartbeat timeout is swept at the next tick; a heartbeat of a
 //!   swept but still open connection brings it back;
 //! - [`PresenceState::next_sweep_due`] is never later than the earliest time a connection
-//!   becomes silent for the timeout, so a tick appended then sweeps it on time.
+//!   becomes silent for the timeout, so a tick appended then sweeps it on time;
+//! - with a retention set, a user offline for that long (event time) is forgotten at the next
+//!   tick: the fold's memory and its snapshot hold the online and the recently gone, not
+//!   everyone ever seen. A forgotten user who comes back joins like a new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use presence_events::{
     BeatEntry, Cause, ConnId, Details, Event, EventBody, Millis, PresenceChange, PresenceStats,
@@ -76,6 +79,14 @@ pub struct PresenceState {
     /// never assumed). Set by the aggregator from its settings; not part of the state.
     #[serde(skip)]
     outage_after_ms: Option<u64>,
+    /// Users gone offline, in the order they went (event time): each is forgotten once it has
+    /// been offline for the retention.
+    #[serde(default)]
+    gone: VecDeque<(Millis, UserKey)>,
+    /// How long an offline user is kept (`None`: for ever). Set by the aggregator from its
+    /// settings; not part of the state.
+    #[serde(skip)]
+    offline_retention_ms: Option<u64>,
 }
 
 /// Builds the change for `key` in one place so every cause reports the same fields.
@@ -118,7 +129,25 @@ impl PresenceState {
             next_sweep_due: None,
             folded_at: Millis(0),
             outage_after_ms: None,
+            gone: VecDeque::new(),
+            offline_retention_ms: None,
         }
+    }
+
+    /// Forgets users offline for longer than `ms` (event time) at each tick; `None` keeps
+    /// everyone.
+    pub fn set_offline_retention(&mut self, ms: Option<u64>) {
+        self.offline_retention_ms = ms;
+    }
+
+    /// The offline retention in force.
+    pub fn offline_retention(&self) -> Option<u64> {
+        self.offline_retention_ms
+    }
+
+    /// Users the fold holds (online, or offline within the retention).
+    pub fn users_held(&self) -> usize {
+        self.users.len()
     }
 
     /// Treats a silence of the whole partition longer than `ms` as the log having been away
@@ -345,6 +374,33 @@ impl PresenceState {
             user.last_seen = Some(seen);
             self.stats.online_users = self.stats.online_users.saturating_sub(1);
             changes.push(cx.change(&key, user, cause));
+            if self.offline_retention_ms.is_some() {
+                self.gone.push_back((cx.at, key));
+            }
+        }
+    }
+
+    /// Forgets the users offline for the retention at `now`. The queue is in event-time
+    /// order; a user who came back since (online, or offline again later) is kept, its later
+    /// departure being further down the queue.
+    fn forget_long_gone(&mut self, now: Millis) {
+        let Some(retention) = self.offline_retention_ms else {
+            return;
+        };
+        while self
+            .gone
+            .front()
+            .is_some_and(|(at, _)| now.since(*at) >= retention)
+        {
+            let Some((_, key)) = self.gone.pop_front() else {
+                break;
+            };
+            let long_gone = self.users.get(&key).is_some_and(|u| {
+                !u.online() && u.last_seen.is_some_and(|seen| now.since(seen) >= retention)
+            });
+            if long_gone {
+                self.users.remove(&key);
+            }
         }
     }
 
@@ -434,6 +490,7 @@ impl PresenceState {
         let keep = self.heartbeat_timeout_ms.saturating_mul(2);
         self.closed
             .retain(|_, closed_at| now.since(*closed_at) <= keep);
+        self.forget_long_gone(now);
     }
 }
 
@@ -772,6 +829,112 @@ mod tests {
             let (second, second_changes) = fold(&events);
             assert_eq!(first, second, "seed {seed}");
             assert_eq!(first_changes, second_changes, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn an_offline_user_is_forgotten_at_the_first_tick_after_the_retention_and_comes_back_as_new() {
+        let mut s = Script::new();
+        s.state.set_offline_retention(Some(60_000));
+        let c = ConnId::new();
+        s.apply(1_000, join("ayse", c));
+        s.apply(2_000, leave("ayse", c));
+        s.apply(61_999, EventBody::Tick);
+        assert!(
+            s.state
+                .user(&TenantId::default_tenant(), &uid("ayse"))
+                .is_some()
+        );
+        s.apply(62_000, EventBody::Tick);
+        assert!(
+            s.state
+                .user(&TenantId::default_tenant(), &uid("ayse"))
+                .is_none()
+        );
+        assert_eq!(s.state.users_held(), 0);
+        // Coming back is a join like any other.
+        let changes = s.apply(70_000, join("ayse", ConnId::new()));
+        assert_eq!(
+            summary(&changes),
+            [("ayse".into(), Status::Online, true, Cause::Join)]
+        );
+        assert_eq!(s.state.stats().online_users, 1);
+    }
+
+    #[test]
+    fn a_user_back_within_the_retention_is_kept_until_its_last_departure_is_old() {
+        let mut s = Script::new();
+        s.state.set_offline_retention(Some(60_000));
+        let (c1, c2) = (ConnId::new(), ConnId::new());
+        s.apply(1_000, join("ayse", c1));
+        s.apply(2_000, leave("ayse", c1));
+        s.apply(30_000, join("ayse", c2));
+        s.apply(45_000, beat("ayse", c2, 45_000));
+        s.apply(60_000, beat("ayse", c2, 60_000));
+        // Online: never forgotten, however old its first departure.
+        s.apply(70_000, EventBody::Tick);
+        assert!(s.online("ayse"));
+        s.apply(71_000, leave("ayse", c2));
+        s.apply(130_000, EventBody::Tick);
+        let kept = s.state.user(&TenantId::default_tenant(), &uid("ayse"));
+        assert_eq!(kept.and_then(|u| u.last_seen), Some(Millis(71_000)));
+        s.apply(131_000, EventBody::Tick);
+        assert_eq!(s.state.users_held(), 0);
+        // A swept user is forgotten a retention after the sweep.
+        s.apply(200_000, join("emre", ConnId::new()));
+        s.apply(216_000, EventBody::Tick);
+        assert!(!s.online("emre"));
+        s.apply(275_999, EventBody::Tick);
+        assert_eq!(s.state.users_held(), 1);
+        s.apply(276_000, EventBody::Tick);
+        assert_eq!(s.state.users_held(), 0);
+    }
+
+    #[test]
+    fn without_a_retention_everyone_is_kept() {
+        let mut s = Script::new();
+        let c = ConnId::new();
+        s.apply(1_000, join("ayse", c));
+        s.apply(2_000, leave("ayse", c));
+        s.apply(100_000_000, EventBody::Tick);
+        assert_eq!(s.state.users_held(), 1);
+    }
+
+    #[test]
+    fn a_replay_across_forgetting_and_a_snapshot_gives_the_live_result() {
+        for seed in 1..40 {
+            let events = random_workload(seed, 400);
+            let fresh = || {
+                let mut state = PresenceState::new(TIMEOUT);
+                state.set_offline_retention(Some(20_000));
+                state
+            };
+            let mut live = fresh();
+            let live_changes: Vec<PresenceChange> = events
+                .iter()
+                .enumerate()
+                .flat_map(|(i, e)| live.apply(i as u64 + 1, e))
+                .collect();
+            // The same log folded in two halves, through a snapshot.
+            let mut first = fresh();
+            let mut changes: Vec<PresenceChange> = events[..200]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, e)| first.apply(i as u64 + 1, e))
+                .collect();
+            let json = serde_json::to_string(&first).unwrap();
+            let mut restored: PresenceState = serde_json::from_str(&json).unwrap();
+            restored.set_offline_retention(Some(20_000));
+            changes.extend(
+                events[200..]
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, e)| restored.apply(i as u64 + 201, e)),
+            );
+            assert_eq!(restored, live, "seed {seed}");
+            assert_eq!(changes, live_changes, "seed {seed}");
+            let online = live.users().filter(|(_, u)| u.online()).count() as u64;
+            assert_eq!(online, live.stats().online_users, "seed {seed}");
         }
     }
 

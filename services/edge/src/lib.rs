@@ -174,6 +174,7 @@ impl Edge {
                 hub: active_users.hub.clone(),
                 announcements,
                 store,
+                publisher: ingress.publisher.clone(),
             },
             log,
             subjects,

@@ -4,7 +4,7 @@
 //! series at 0). Families whose labels are open-ended (HTTP status of an API error) start with
 //! the values the edge answers with.
 
-use metrics::{describe_counter, describe_histogram};
+use metrics::{describe_counter, describe_gauge, describe_histogram};
 use presence_telemetry::{zero_counter, zero_counters, zero_gauges};
 
 /// Kinds of events an edge appends.
@@ -96,13 +96,18 @@ pub(crate) fn register() {
         "Events appended to the log, by kind and outcome"
     );
     for kind in EVENT_KINDS {
-        for outcome in ["ok", "error"] {
+        for outcome in ["ok", "error", "refused"] {
             metrics::counter!("presence_events_published_total", "kind" => kind, "outcome" => outcome)
                 .absolute(0);
         }
     }
     metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => "abandoned")
         .absolute(0);
+    describe_gauge!(
+        "presence_log_available",
+        "1 while this edge's appends succeed, 0 after one failed (connects and writes are refused at once until a probe succeeds)"
+    );
+    metrics::gauge!("presence_log_available").set(1.0);
     zero_counters(
         "presence_fanout_send_failures_total",
         "Presence updates a socket did not get, by reason",

@@ -114,6 +114,7 @@ Settings (env var, or the flag in `presence <role> --help`):
   DATABASE_URL                   PostgreSQL (persister; optional for standalone)
   PRESENCE_ONLINE_DEBOUNCE_MS    online writes coalesce for              [2000]
   PRESENCE_SNAPSHOT_INTERVAL_MS  aggregator snapshot period (with DB)    [30000]
+  PRESENCE_OFFLINE_RETENTION     offline users leave the fold after      [24h]
   JWT_SECRET                     HS256 secret (masked when printed)
   JWT_ALGORITHM                  HS256 | RS256                           [HS256]
   JWT_PUBLIC_KEY_FILE            RSA public key (PEM) for RS256

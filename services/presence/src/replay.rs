@@ -150,6 +150,7 @@ pub(crate) async fn run(
         presence: {
             let mut p = PresenceState::new(fold_settings.heartbeat_timeout_ms);
             p.set_outage_after(Some(fold_settings.outage_after_ms()));
+            p.set_offline_retention(Some(fold_settings.offline_retention_ms()));
             p
         },
         active: ActiveUsers::new(fold_settings.session_ttl_ms, fold_settings.ema_alpha),

@@ -45,12 +45,16 @@ pub(crate) async fn pin_partitions(
     args: &LogArgs,
 ) -> anyhow::Result<Partitions> {
     let configured = args.partitions;
-    let stored = recorded_partitions(
-        log,
-        subjects,
-        Some(configured),
-        args.stream_replicas as usize,
-    )
+    // A bucket just created on a cluster has no leader for a moment: its first requests get
+    // no responders.
+    let stored = retrying("recording the number of partitions", || {
+        recorded_partitions(
+            log,
+            subjects,
+            Some(configured),
+            args.stream_replicas as usize,
+        )
+    })
     .await?;
     if stored != configured {
         bail!(

@@ -102,7 +102,9 @@ impl<T, E: Display> LatestFeed<T, E> {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            // At most half a second apart (with the setup's own bound, a retry every 1.5 s):
+            // a stream back from an election is read again at once.
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 

@@ -46,6 +46,12 @@ impl JetStreamLog {
         let client = async_nats::ConnectOptions::new()
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
+            // At most half a second between attempts (the client's default grows to 4 s): a
+            // cluster back from an outage is used again at once.
+            .reconnect_delay_callback(|attempts| {
+                let exp = u32::try_from(attempts.min(10)).unwrap_or(10);
+                Duration::from_millis(25 * 2_u64.pow(exp)).min(Duration::from_millis(500))
+            })
             .connect(servers.as_slice())
             .await
             .map_err(|e| LogError::Connect {
@@ -99,10 +105,12 @@ fn deliver_policy(start: StartAt) -> consumer::DeliverPolicy {
     }
 }
 
-/// Setting up a subscription takes at most this long: while a stream elects a new leader its
-/// requests go unanswered, and the reader does better to retry soon than to wait out the
-/// client's 10 s request timeout.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Setting up a subscription takes at most this long: while a stream elects a new leader (or
+/// a cluster comes back from an outage) its requests go unanswered, and the reader does
+/// better to retry soon than to wait out the client's 10 s request timeout. A setup that
+/// answers after all leaves an idle consumer, removed by the server after its inactive
+/// threshold.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn within_setup(
     stream: &str,
@@ -460,5 +468,9 @@ impl EventLog for JetStreamLog {
                 state.first_sequence
             })
         })
+    }
+
+    fn reachable(&self) -> bool {
+        self.is_connected()
     }
 }

@@ -186,6 +186,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// Sequence of the oldest message `stream` still keeps (its limits discard older ones);
     /// the next sequence to be written when it keeps none.
     fn first_sequence<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<u64, LogError>>;
+
+    /// Whether the connection to the log is up right now (`false` while the client is
+    /// reconnecting: an append would only wait). An in-process log is always reachable.
+    fn reachable(&self) -> bool {
+        true
+    }
 }
 
 /// A key-value board to open with [`EventLog::board`].
@@ -243,6 +249,31 @@ pub trait Board: Send + Sync + 'static {
 /// Sends a message and waits until it is durable; returns its sequence.
 pub async fn publish_durable(log: &dyn EventLog, msg: Outgoing) -> Result<u64, LogError> {
     log.publish(msg).await?.await
+}
+
+/// Appends `msg` and waits until it is durable, sending it again (the same message id, so the
+/// log stores it once) after a failure, with backoff, until `within` has passed since the
+/// first attempt; then returns the last error.
+pub async fn publish_retrying(
+    log: &dyn EventLog,
+    msg: Outgoing,
+    within: Duration,
+) -> Result<u64, LogError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let e = match publish_durable(log, msg.clone()).await {
+            Ok(seq) => return Ok(seq),
+            Err(e) => e,
+        };
+        let now = tokio::time::Instant::now();
+        if now + backoff >= deadline {
+            return Err(e);
+        }
+        tracing::debug!(error = %e, retry_in = ?backoff, "publish failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// Appends `messages` in order and waits until all are durable, retrying with backoff until
@@ -321,3 +352,6 @@ async fn pipelined(log: &dyn EventLog, messages: &[Outgoing]) -> Result<(), (usi
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod retry_tests;

@@ -151,11 +151,18 @@ async fn handle(
     // Beats join the edge's batch (one append per flush for all of them); joins and leaves
     // are appended at once. Either way the answer waits until the event is durable.
     let stored = match action {
+        // While the log is away, refused at once (a 503 to retry) rather than after waiting.
+        Action::Beat if !cx.publisher.admit() => false,
         Action::Beat => {
             let within = cx.beat_flush + BEAT_GRACE;
-            cx.beats
+            let stored = cx
+                .beats
                 .tab_beat_durable(request.tab, Millis::now(), within)
-                .await
+                .await;
+            if stored {
+                cx.publisher.appended();
+            }
+            stored
         }
         Action::Join => append(cx, endpoint, request.join(Transport::Http)).await,
         Action::Leave => {
@@ -178,7 +185,14 @@ async fn handle(
             message: "the event could not be stored; retry",
             field: None,
         });
-        (StatusCode::SERVICE_UNAVAILABLE, rate_headers(info), body).into_response()
+        let retry = [(axum::http::header::RETRY_AFTER, "1")];
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            rate_headers(info),
+            retry,
+            body,
+        )
+            .into_response()
     }
 }
 

@@ -193,7 +193,7 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
         follow(&mut conn, &cx, &tab, updates).await;
         // A pending ping must not land after the leave.
         cx.beats.forget_tab(tab.clone()).await;
-        let left = cx.publisher.publish(leave(tab.clone())).await;
+        let left = cx.publisher.publish_departure(leave(tab.clone())).await;
         if let Err(e) = left {
             tracing::warn!(error = %e, "could not append a session leave; the tab expires instead");
         }

@@ -197,6 +197,9 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
     let published =
         messages.is_empty() || publish_all_durable(publisher.log(), &messages, shutdown).await;
     if !messages.is_empty() {
+        if published {
+            publisher.appended();
+        }
         let outcome = if published { "ok" } else { "abandoned" };
         metrics::counter!("presence_events_published_total", "kind" => "beat", "outcome" => outcome)
             .increment(messages.len() as u64);

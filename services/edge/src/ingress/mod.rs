@@ -3,6 +3,7 @@
 //! active-users tabs) go through the [`BeatBatcher`], which appends the latest beat of every
 //! connection once per flush interval.
 
+mod availability;
 mod beats;
 mod publisher;
 

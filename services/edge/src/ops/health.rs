@@ -1,6 +1,7 @@
 //! `GET /api/health`: the cluster's presence figures (summed over the partitions' figures,
 //! which each partition's owner publishes), every partition with its owner, epoch and lag,
-//! and this edge's sockets; `degraded` when a partition's figures are missing or stale.
+//! and this edge's sockets; `degraded` when a partition's figures are missing or stale, or
+//! when this edge cannot append to the log.
 
 use std::sync::Arc;
 
@@ -17,8 +18,13 @@ const STALE_AFTER_MS: u64 = 30_000;
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Health {
-    /// `ok`, or `degraded` when the aggregator's figures are missing or older than 30 s.
+    /// `ok`, or `degraded` when the aggregator's figures are missing or older than 30 s, or
+    /// the log is unavailable to this edge.
     status: &'static str,
+    /// `available`; `disconnected` while this edge has no connection to the log;
+    /// `unavailable` while connected but its appends fail (no quorum, no stream leader).
+    /// Connects and writes are refused at once unless `available`.
+    log: &'static str,
     presence: PresenceFigures,
     partitions: Vec<PartitionFigures>,
     sockets: SocketFigures,
@@ -111,8 +117,14 @@ pub(super) async fn health(State(cx): State<Arc<OpsContext>>) -> Json<Health> {
         });
     }
     presence.last_sweep_at = oldest_sweep.map(format_rfc3339);
+    let log = cx.publisher.log_state();
     Json(Health {
-        status: if all_fresh { "ok" } else { "degraded" },
+        status: if all_fresh && log == "available" {
+            "ok"
+        } else {
+            "degraded"
+        },
+        log,
         presence,
         partitions,
         sockets: SocketFigures {

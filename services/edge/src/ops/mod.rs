@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::active_users::MetricsHub;
 use crate::http_auth::HttpAuth;
+use crate::ingress::EventPublisher;
 use crate::presence::Presence;
 use crate::wire::Announcements;
 use cluster::ClusterFigures;
@@ -35,6 +36,8 @@ struct OpsContext {
     /// How the log is partitioned: every partition should have figures.
     partitions: presence_events::Partitions,
     store: Option<Store>,
+    /// Whether the log takes this edge's appends.
+    publisher: EventPublisher,
     /// Ends the dashboard streams when the edge shuts down.
     shutdown: CancellationToken,
 }
@@ -48,6 +51,7 @@ pub(crate) struct OpsSources {
     /// What the dashboard streams.
     pub(crate) announcements: Announcements,
     pub(crate) store: Option<Store>,
+    pub(crate) publisher: EventPublisher,
 }
 
 /// Starts following the cluster figures of `log` on `tasks`; returns the operators' routes.
@@ -71,6 +75,7 @@ pub(crate) fn start(
         cluster,
         partitions: subjects.partitions(),
         store: sources.store,
+        publisher: sources.publisher,
         shutdown,
     };
     Router::new()

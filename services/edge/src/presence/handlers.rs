@@ -238,7 +238,7 @@ impl SocketContext {
             reason,
         };
         // If this fails the connection is swept after the heartbeat timeout instead.
-        if let Err(e) = self.publisher.publish(leave).await {
+        if let Err(e) = self.publisher.publish_departure(leave).await {
             tracing::warn!(error = %e, "could not append a leave; the sweep will close it");
         }
     }
