@@ -32,6 +32,14 @@ pub(crate) struct Fold {
     /// The newest owner epoch seen on the partition's clock ticks.
     #[serde(default)]
     pub(crate) epoch: u64,
+    /// How long an offline change stays in the online stream. A setting; not part of the
+    /// state.
+    #[serde(skip, default = "default_offline_feed_ttl")]
+    pub(crate) offline_feed_ttl: Duration,
+}
+
+fn default_offline_feed_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Fold {
@@ -43,6 +51,7 @@ impl Fold {
             presence,
             active: ActiveUsers::new(config.session_ttl_ms, config.ema_alpha),
             epoch: 0,
+            offline_feed_ttl: config.offline_feed_ttl,
         }
     }
 }
@@ -74,6 +83,7 @@ impl Snapshots {
                         .set_outage_after(fresh.presence.outage_after());
                     fold.presence
                         .set_offline_retention(fresh.presence.offline_retention());
+                    fold.offline_feed_ttl = fresh.offline_feed_ttl;
                     fold.active
                         .set_settings(fresh.active.session_ttl_ms(), fresh.active.alpha());
                     metrics::gauge!("presence_snapshot_loaded_sequence", "partition" => partition.to_string())
@@ -415,11 +425,22 @@ async fn fold_until_interrupted(
                         change.epoch = epoch;
                         metrics::counter!("presence_changes_total", "cause" => change.cause.as_str())
                             .increment(1);
-                        changes.extend(outgoing(
+                        let Some(message) = outgoing(
                             subjects.change(&change.tenant, &change.user),
                             change.msg_id(),
                             change.encode(),
-                        ));
+                        ) else {
+                            continue;
+                        };
+                        // The same change in the online stream, where an offline one expires.
+                        let online = Outgoing {
+                            subject: subjects.online(&change.tenant, &change.user),
+                            msg_id: format!("on-{}", message.msg_id),
+                            payload: message.payload.clone(),
+                            ttl: (!change.online).then_some(state.offline_feed_ttl),
+                        };
+                        changes.push(message);
+                        changes.push(online);
                     }
                     if tick {
                         metrics::gauge!("presence_fold_users", "partition" => partition.to_string())
@@ -536,6 +557,7 @@ fn outgoing(
             subject,
             msg_id,
             payload: Bytes::from(payload),
+            ttl: None,
         }),
         Err(e) => {
             metrics::counter!("presence_encode_failures_total", "what" => e.what).increment(1);
@@ -587,6 +609,7 @@ mod tests {
             presence: PresenceState::new(15_000),
             active: ActiveUsers::new(180_000, 0.2),
             epoch: 0,
+            offline_feed_ttl: default_offline_feed_ttl(),
         };
         let mut events = Vec::new();
         for i in 0..40u64 {

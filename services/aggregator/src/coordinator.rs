@@ -488,6 +488,7 @@ mod tests {
             snapshot_interval_ms: 30_000,
             lease_ttl_ms: TTL_MS,
             offline_retention: Duration::from_secs(3600),
+            offline_feed_ttl: Duration::from_secs(60),
         }
     }
 
@@ -496,6 +497,7 @@ mod tests {
         for (name, subject) in [
             (subjects.events_stream(), subjects.events_wildcard()),
             (subjects.changes_stream(), subjects.changes_wildcard()),
+            (subjects.online_stream(), subjects.online_wildcard()),
             (subjects.metrics_stream(), subjects.metrics_wildcard()),
             (subjects.stats_stream(), subjects.stats_wildcard()),
         ] {
@@ -507,6 +509,7 @@ mod tests {
                 max_bytes: 0,
                 duplicate_window: Duration::from_secs(60),
                 replicas: 1,
+                allow_message_ttl: true,
             })
             .await
             .unwrap();

@@ -65,6 +65,11 @@ pub struct AggregatorConfig {
     /// presence stays in PostgreSQL (`lastSeen`).
     #[arg(long, env = "PRESENCE_OFFLINE_RETENTION", default_value = "24h", value_parser = parse_retention)]
     pub offline_retention: Duration,
+    /// How long an offline change stays in the online stream that edges start their view
+    /// from (`60s`; whole seconds, at least 1): an edge starting later answers such a user
+    /// from PostgreSQL.
+    #[arg(long, env = "PRESENCE_OFFLINE_FEED_TTL", default_value = "60s", value_parser = parse_feed_ttl)]
+    pub offline_feed_ttl: Duration,
 }
 
 impl AggregatorConfig {
@@ -81,12 +86,21 @@ impl AggregatorConfig {
     }
 }
 
-/// At least a minute: a user must stay in the fold well past its offline change, which the
-/// persister writes to PostgreSQL within seconds.
+fn parse_feed_ttl(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| format!("{raw:?}: {e}"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{raw:?}: at least 1s"));
+    }
+    Ok(d)
+}
+
+/// At least a second. Keep it well above the time the persister may be behind: the offline
+/// change is in the changes stream (and written to PostgreSQL from there) whatever the fold
+/// forgets, but an operator reading the fold's figures expects the recently gone in them.
 fn parse_retention(raw: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw).map_err(|e| format!("{raw:?}: {e}"))?;
-    if d < Duration::from_secs(60) {
-        return Err(format!("{raw:?}: the retention must be at least 60s"));
+    if d < Duration::from_secs(1) {
+        return Err(format!("{raw:?}: the retention must be at least 1s"));
     }
     Ok(d)
 }

@@ -174,6 +174,7 @@ fn fresh() -> Fold {
         presence: crate::PresenceState::new(15_000),
         active: crate::ActiveUsers::new(20_000, 0.3),
         epoch: 0,
+        offline_feed_ttl: std::time::Duration::from_secs(60),
     }
 }
 

@@ -90,6 +90,7 @@ pub(crate) async fn publish_ticks(
             subject: subject.clone(),
             msg_id: event.id.to_string(),
             payload,
+            ttl: None,
         };
         // A lost tick only delays the sweep to the next one.
         if let Err(e) = publish_durable(log.as_ref(), msg).await {

@@ -115,6 +115,20 @@ pub(crate) fn register() {
         &["closed", "full", "other"],
     );
     zero_gauges(
+        "presence_view_users",
+        "Users this edge's view holds: online, and gone (offline, in the bounded cache)",
+        "kind",
+        &["online", "gone"],
+    );
+    zero_counter(
+        "presence_history_lookups_total",
+        "Users asked about that the view does not hold, looked up in PostgreSQL",
+    );
+    zero_counter(
+        "presence_history_lookup_failures_total",
+        "Lookups of offline users in PostgreSQL that failed (answered as never seen)",
+    );
+    zero_gauges(
         "presence_consumer_lag_messages",
         "Messages a reader of the log is behind",
         "consumer",

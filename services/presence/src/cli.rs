@@ -115,6 +115,7 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_ONLINE_DEBOUNCE_MS    online writes coalesce for              [2000]
   PRESENCE_SNAPSHOT_INTERVAL_MS  aggregator snapshot period (with DB)    [30000]
   PRESENCE_OFFLINE_RETENTION     offline users leave the fold after      [24h]
+  PRESENCE_OFFLINE_FEED_TTL      offline changes leave the online stream [60s]
   JWT_SECRET                     HS256 secret (masked when printed)
   JWT_ALGORITHM                  HS256 | RS256                           [HS256]
   JWT_PUBLIC_KEY_FILE            RSA public key (PEM) for RS256

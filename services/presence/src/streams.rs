@@ -118,6 +118,19 @@ pub(crate) async fn ensure_streams(
         max_bytes: retention.events_max_bytes,
         duplicate_window: Duration::from_secs(120),
         replicas: retention.stream_replicas as usize,
+        allow_message_ttl: false,
+    })
+    .await?;
+    // Who is online: each user's newest change; offline ones carry a time to live.
+    log.ensure_stream(StreamSpec {
+        name: subjects.online_stream(),
+        subjects: vec![subjects.online_wildcard()],
+        max_msgs_per_subject: 1,
+        max_age: Duration::ZERO,
+        max_bytes: 0,
+        duplicate_window: Duration::from_secs(120),
+        replicas: retention.stream_replicas as usize,
+        allow_message_ttl: true,
     })
     .await?;
     // One message per user (per customer): each stream is both a feed of updates and
@@ -135,6 +148,7 @@ pub(crate) async fn ensure_streams(
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
             replicas: retention.stream_replicas as usize,
+            allow_message_ttl: false,
         })
         .await?;
     }

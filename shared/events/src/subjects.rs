@@ -58,6 +58,28 @@ impl Subjects {
         format!("{}_CHANGES", self.namespace.to_ascii_uppercase())
     }
 
+    /// The stream of who is online (`PRESENCE_ONLINE`): each user's newest change, like the
+    /// changes stream, but an offline change there expires after a while, so the stream
+    /// holds the online and the recently gone, not everyone ever seen. The edges start
+    /// their view from it.
+    pub fn online_stream(&self) -> String {
+        format!("{}_ONLINE", self.namespace.to_ascii_uppercase())
+    }
+
+    /// All subjects of the online stream (`presence.online.>`).
+    pub fn online_wildcard(&self) -> String {
+        format!("{}.online.>", self.namespace)
+    }
+
+    /// One user's subject in the online stream (`presence.online.<tenant>.<hex of user id>`).
+    pub fn online(&self, tenant: &TenantId, user: &UserId) -> String {
+        format!(
+            "{}.online.{tenant}.{}",
+            self.namespace,
+            hex_token(user.as_str())
+        )
+    }
+
     /// All event subjects (`presence.events.>`).
     pub fn events_wildcard(&self) -> String {
         format!("{}.events.>", self.namespace)

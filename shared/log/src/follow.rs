@@ -47,13 +47,15 @@ impl<T, E: Display> LatestFeed<T, E> {
     /// When the subscription fails or ends (a missed heartbeat: the stream's leader moved) it
     /// resubscribes with backoff, right after the newest message taken in, so every value
     /// appended meanwhile comes through; `apply` may still see a value twice and must keep
-    /// the newer one (each value carries the sequence it was derived at). `on_subscribed` runs
-    /// each time a subscription is in place, so a reader can report itself ready.
+    /// the newer one (each value carries the sequence it was derived at). `on_caught_up` runs
+    /// once per subscription, when everything the stream held as it began has been handed
+    /// to `apply` (at once if there was nothing to read), so a reader reports itself ready
+    /// only with a complete view.
     pub async fn follow<H, Fut>(
         &self,
         log: &dyn EventLog,
         shutdown: &CancellationToken,
-        mut on_subscribed: impl FnMut(),
+        mut on_caught_up: impl FnMut(),
         mut apply: H,
     ) where
         H: FnMut(Latest<T>) -> Fut,
@@ -73,7 +75,10 @@ impl<T, E: Display> LatestFeed<T, E> {
             match log.subscribe(stream, None, start).await {
                 Ok(mut deliveries) => {
                     backoff = Duration::from_millis(100);
-                    on_subscribed();
+                    let mut caught_up = nothing_to_read(log, stream, start).await;
+                    if caught_up {
+                        on_caught_up();
+                    }
                     loop {
                         let next = tokio::select! {
                             _ = shutdown.cancelled() => return,
@@ -82,8 +87,13 @@ impl<T, E: Display> LatestFeed<T, E> {
                         match next {
                             Some(Ok(delivered)) => {
                                 taken = taken.max(delivered.seq);
+                                let last = delivered.pending == 0;
                                 if let Some(latest) = self.decoded(delivered) {
                                     apply(latest).await;
+                                }
+                                if last && !caught_up {
+                                    caught_up = true;
+                                    on_caught_up();
                                 }
                             }
                             Some(Err(e)) => tracing::warn!(error = %e, stream, "delivery failed"),
@@ -138,6 +148,23 @@ impl<T, E: Display> LatestFeed<T, E> {
     }
 }
 
+/// Whether a subscription of `stream` from `start` has nothing to read yet: the stream holds
+/// no message (from `start` on). Unknown (the stream cannot be asked) reads as `false`: the
+/// first delivery with nothing behind it then tells.
+async fn nothing_to_read(log: &dyn EventLog, stream: &str, start: StartAt) -> bool {
+    let Ok(last) = log.last_sequence(stream).await else {
+        return false;
+    };
+    match start {
+        StartAt::Sequence(from) => last < from,
+        StartAt::New => true,
+        StartAt::LastPerSubject => log
+            .first_sequence(stream)
+            .await
+            .is_ok_and(|first| first > last),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -146,6 +173,64 @@ mod tests {
 
     use super::*;
     use crate::{MemoryLog, Outgoing, StreamSpec, publish_durable};
+
+    fn latest_stream(name: &str) -> StreamSpec {
+        StreamSpec {
+            name: name.into(),
+            subjects: vec![format!("{}.>", name.to_lowercase())],
+            max_msgs_per_subject: 1,
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            allow_message_ttl: false,
+        }
+    }
+
+    /// Follows `stream` until caught up; returns how many values had been applied then.
+    async fn applied_when_caught_up(log: &MemoryLog, stream: &str) -> usize {
+        let applied = Arc::new(Mutex::new(0usize));
+        let at_catch_up = Arc::new(Mutex::new(None));
+        let shutdown = CancellationToken::new();
+        let feed = LatestFeed::new("test", stream.into(), |bytes: &[u8]| {
+            Ok::<_, String>(bytes.len())
+        });
+        let (counter, mark, stop) = (applied.clone(), at_catch_up.clone(), shutdown.clone());
+        let follow = feed.follow(
+            log,
+            &shutdown,
+            move || {
+                *mark.lock().unwrap() = Some(*counter.lock().unwrap());
+                stop.cancel();
+            },
+            |_| {
+                *applied.lock().unwrap() += 1;
+                std::future::ready(())
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(5), follow)
+            .await
+            .expect("caught up");
+        at_catch_up.lock().unwrap().expect("caught up once")
+    }
+
+    #[tokio::test]
+    async fn a_follower_is_caught_up_only_once_the_latest_values_are_in_or_at_once_if_none() {
+        let log = MemoryLog::new();
+        log.ensure_stream(latest_stream("EMPTY")).await.unwrap();
+        assert_eq!(applied_when_caught_up(&log, "EMPTY").await, 0);
+        log.ensure_stream(latest_stream("FULL")).await.unwrap();
+        for i in 0..50 {
+            let msg = Outgoing {
+                subject: format!("full.{}", i % 20),
+                msg_id: format!("m{i}"),
+                payload: Bytes::from(vec![b'x'; i + 1]),
+                ttl: None,
+            };
+            publish_durable(&log, msg).await.unwrap();
+        }
+        assert_eq!(applied_when_caught_up(&log, "FULL").await, 20);
+    }
 
     #[tokio::test]
     async fn a_follower_gets_every_subjects_latest_value_then_new_ones_and_skips_garbage() {
@@ -158,6 +243,7 @@ mod tests {
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            allow_message_ttl: false,
         })
         .await
         .unwrap();
@@ -165,6 +251,7 @@ mod tests {
             subject: format!("latest.{subject}"),
             msg_id: id.into(),
             payload: Bytes::from(body.to_owned()),
+            ttl: None,
         };
         for (subject, body, id) in [("a", "1", "m1"), ("b", "2", "m2"), ("a", "3", "m3")] {
             publish_durable(&log, append(subject, body, id))

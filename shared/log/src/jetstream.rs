@@ -315,6 +315,7 @@ impl EventLog for JetStreamLog {
                 },
                 duplicate_window: spec.duplicate_window,
                 num_replicas: spec.replicas.max(1),
+                allow_message_ttl: spec.allow_message_ttl,
                 retention: stream::RetentionPolicy::Limits,
                 discard: stream::DiscardPolicy::Old,
                 storage: stream::StorageType::File,
@@ -334,9 +335,13 @@ impl EventLog for JetStreamLog {
     fn publish(&self, msg: Outgoing) -> BoxFuture<'_, Result<AckFuture, LogError>> {
         Box::pin(async move {
             let subject = msg.subject;
-            let publish = jetstream::message::PublishMessage::build()
+            let mut publish = jetstream::message::PublishMessage::build()
                 .payload(msg.payload)
                 .message_id(msg.msg_id);
+            if let Some(ttl) = msg.ttl {
+                // Whole seconds, at least one: the server's unit.
+                publish = publish.header("Nats-TTL", format!("{}s", ttl.as_secs().max(1)));
+            }
             let pending = self
                 .context
                 .send_publish(subject.clone(), publish)

@@ -82,6 +82,8 @@ pub struct StreamSpec {
     pub duplicate_window: Duration,
     /// Copies kept, on as many servers of a JetStream cluster (1 on a single server).
     pub replicas: usize,
+    /// Whether a message may carry its own time to live ([`Outgoing::ttl`]; NATS 2.11+).
+    pub allow_message_ttl: bool,
 }
 
 /// A message to append.
@@ -93,6 +95,9 @@ pub struct Outgoing {
     pub msg_id: String,
     /// Body.
     pub payload: Bytes,
+    /// Removed from the stream this long after it is stored (`None`: kept by the stream's
+    /// limits); the stream must allow it ([`StreamSpec::allow_message_ttl`]). Whole seconds.
+    pub ttl: Option<Duration>,
 }
 
 /// Where a subscription starts.

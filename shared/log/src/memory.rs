@@ -2,7 +2,7 @@
 //! (sequences, subject wildcards, de-duplication window, last-per-subject retention), kept in
 //! memory and lost with the process.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,8 @@ struct MemStream {
     last_by_subject: HashMap<String, u64>,
     recent_ids: HashMap<String, u64>,
     recent_order: VecDeque<(Instant, String)>,
+    /// Messages with a time to live, by when they go.
+    expiring: BTreeSet<(Instant, u64)>,
     appended: watch::Sender<u64>,
 }
 
@@ -114,6 +116,9 @@ impl MemStream {
             self.last_by_subject.insert(msg.subject.clone(), seq);
         }
         self.bytes += msg.payload.len() as i64;
+        if let Some(ttl) = msg.ttl.filter(|_| self.spec.allow_message_ttl) {
+            self.expiring.insert((now + ttl, seq));
+        }
         self.last_stored_ms = self.last_stored_ms.max(wall_clock_ms());
         self.messages.insert(
             seq,
@@ -139,6 +144,13 @@ impl MemStream {
     }
 
     fn enforce_limits(&mut self, now: Instant) {
+        while let Some(&(at, seq)) = self.expiring.first() {
+            if at > now {
+                break;
+            }
+            self.expiring.pop_first();
+            self.remove(seq);
+        }
         while let Some((&seq, oldest)) = self.messages.first_key_value() {
             let too_old = !self.spec.max_age.is_zero()
                 && now.duration_since(oldest.appended) > self.spec.max_age;
@@ -343,6 +355,7 @@ impl EventLog for MemoryLog {
                     last_by_subject: HashMap::new(),
                     recent_ids: HashMap::new(),
                     recent_order: VecDeque::new(),
+                    expiring: BTreeSet::new(),
                     appended: watch::Sender::new(self.base_seq),
                 });
             }
@@ -494,6 +507,7 @@ mod tests {
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            allow_message_ttl: false,
         }
     }
 
@@ -502,6 +516,7 @@ mod tests {
             subject: subject.into(),
             msg_id: id.into(),
             payload: Bytes::from(id.to_owned()),
+            ttl: None,
         }
     }
 

@@ -107,6 +107,7 @@ async fn flaky(faults: &[(usize, Fault)]) -> Flaky {
         max_bytes: 0,
         duplicate_window: Duration::from_secs(120),
         replicas: 1,
+        allow_message_ttl: false,
     })
     .await
     .unwrap();
@@ -118,6 +119,7 @@ fn message(i: usize) -> Outgoing {
         subject: format!("e.{}", i % 7),
         msg_id: format!("m{i}"),
         payload: Bytes::from(i.to_string()),
+        ttl: None,
     }
 }
 

@@ -59,10 +59,11 @@ impl ApiContext {
         }
     }
 
-    fn presence_of(&self, caller: &Identity, users: Vec<UserId>) -> Vec<PresenceUpdate> {
+    async fn presence_of(&self, caller: &Identity, users: Vec<UserId>) -> Vec<PresenceUpdate> {
         let (policy, viewer) = self.sight(caller);
         self.view
             .presence_for(&policy, &viewer, &caller.tenant, users)
+            .await
     }
 }
 

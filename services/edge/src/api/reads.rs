@@ -21,7 +21,7 @@ pub(crate) async fn get_presence(
 ) -> ApiResult<PresenceUpdate> {
     let caller = cx.auth.caller(&headers)?;
     let user = user_id(user, "userId")?;
-    let mut answer = cx.presence_of(&caller, vec![user]);
+    let mut answer = cx.presence_of(&caller, vec![user]).await;
     answer
         .pop()
         .map(Json)
@@ -65,7 +65,7 @@ pub(crate) async fn batch(
         .map(|(i, raw)| user_id(raw, &format!("userIds[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(Presences {
-        presence: cx.presence_of(&caller, users),
+        presence: cx.presence_of(&caller, users).await,
     }))
 }
 

@@ -81,7 +81,9 @@ pub(crate) async fn search(
             ViewerClass::parse(u.class.clone()).is_ok_and(|class| policy.can_see(&viewer, &class))
         })
         .collect();
-    let presence = cx.presence_of(&caller, visible.iter().map(|u| u.user.clone()).collect());
+    let presence = cx
+        .presence_of(&caller, visible.iter().map(|u| u.user.clone()).collect())
+        .await;
     Ok(Json(SearchResults {
         users: visible
             .into_iter()

@@ -240,6 +240,7 @@ mod tests {
             max_bytes: 0,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            allow_message_ttl: false,
         })
         .await
         .unwrap();

@@ -111,6 +111,7 @@ impl EventPublisher {
             subject: self.subjects.event(partition, event.kind()),
             msg_id: event.id.to_string(),
             payload: Bytes::from(payload),
+            ttl: None,
         })
     }
 

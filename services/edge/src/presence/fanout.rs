@@ -55,9 +55,10 @@ struct Sent {
 
 impl FanOut {
     pub(super) async fn run(self, shutdown: CancellationToken) {
+        // The online stream: everyone online, and the recently gone; not everyone ever seen.
         let changes = LatestFeed::new(
             "changes",
-            self.subjects.changes_stream(),
+            self.subjects.online_stream(),
             PresenceChange::decode,
         );
         let (tx, rx) = mpsc::channel(PENDING_CHANGES);
@@ -68,7 +69,8 @@ impl FanOut {
             let sender = tx;
             let tx = &sender;
             // The last change of every user first (the view's starting point), then live
-            // ones; after a resubscription the view skips what it already has.
+            // ones; after a resubscription the view skips what it already has. Ready once
+            // the view is complete: a query right after answers every online user online.
             changes
                 .follow(
                     self.log.as_ref(),
@@ -87,6 +89,9 @@ impl FanOut {
                             metrics::counter!("presence_feed_fenced_total", "feed" => "changes")
                                 .increment(1);
                         } else if this.view.apply(&change) {
+                            let (online, gone) = this.view.held();
+                            metrics::gauge!("presence_view_users", "kind" => "online").set(online as f64);
+                            metrics::gauge!("presence_view_users", "kind" => "gone").set(gone as f64);
                             this.announcements.presence(&change);
                             // The emitter only stops once this side has.
                             let _ = tx.send(change).await;

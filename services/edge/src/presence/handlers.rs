@@ -82,7 +82,7 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
         move |TryData(request): TryData<QueryRequest>, ack: AckSender| {
             let (cx, sn) = (cx.clone(), sn.clone());
             async move {
-                let _ = ack.send(&cx.query(&sn, request.ok()));
+                let _ = ack.send(&cx.query(&sn, request.ok()).await);
             }
         },
     );
@@ -148,7 +148,7 @@ impl SocketContext {
         }
     }
 
-    fn query(&self, sn: &Connection, request: Option<QueryRequest>) -> Ack {
+    async fn query(&self, sn: &Connection, request: Option<QueryRequest>) -> Ack {
         const EVENT: &str = "presence:query";
         let Some(request) = request else {
             return refuse(
@@ -177,7 +177,8 @@ impl SocketContext {
         let id = &sn.identity;
         Ack::presence(
             self.view
-                .presence_for(&self.policy, &id.class, &id.tenant, users),
+                .presence_for(&self.policy, &id.class, &id.tenant, users)
+                .await,
         )
     }
 

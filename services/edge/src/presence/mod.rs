@@ -120,7 +120,7 @@ impl Presence {
             // larger frame grows the buffer as it is read; 4 KiB (the default) idles per socket.
             .ws_read_buffer_size(1024)
             .build_layer();
-        let view = Arc::new(PresenceView::default());
+        let view = Arc::new(PresenceView::new(settings.store.clone(), view::GONE_CACHE));
         let local = Arc::new(LocalConnections::default());
         let draining = Arc::new(AtomicBool::new(false));
         let directory = settings

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
             subject: subjects.event(Partition(0), event.kind()),
             msg_id: event.id.to_string(),
             payload: Bytes::from(event.encode().expect("events encode")),
+            ttl: None,
         })
         .collect();
     let heartbeats = workload.heartbeats();
@@ -165,6 +166,7 @@ async fn events_stream(log: &JetStreamLog, subjects: &Subjects) -> anyhow::Resul
         max_bytes: MAX_BYTES,
         duplicate_window: Duration::from_secs(120),
         replicas: 1,
+        allow_message_ttl: false,
     })
     .await?;
     Ok(())
@@ -189,6 +191,7 @@ async fn partitioned(
             subject: subjects.event(p, event.kind()),
             msg_id: format!("{}-{p}", event.id),
             payload: Bytes::from(event.encode().expect("events encode")),
+            ttl: None,
         });
     };
     for event in workload.events() {

@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
                 subject: subjects.change(&change.tenant, &change.user),
                 msg_id: change.msg_id(),
                 payload: Bytes::from(change.encode().expect("changes encode")),
+                ttl: None,
             }
         })
         .collect();
