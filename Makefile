@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-partitions bench-failover bench-persister chaos check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-partitions bench-failover bench-persister bench-history chaos check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -72,6 +72,10 @@ bench-partitions: ## the cost of partitioning: 10,000 heartbeating connections o
 bench-failover: ## failover time over 20 SIGKILLs of the busiest of 3 aggregators (p50 / max)
 	$(CARGO) build --release -p presence -p presence-bench
 	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-failover 20
+
+bench-history: ## what a history costs: 0, 100k and 1M users ever seen besides 10,000 online (RSS, a new edge's ready time, queries of offline users, aggregator restarts)
+	$(CARGO) build --release -p presence -p presence-bench
+	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-history
 
 chaos: ## the chaos suite: 2,000 users behind HAProxy, every role killed one at a time (3 NATS nodes, PostgreSQL); writes the table to docs/reliability.md
 	$(CARGO) build --release -p presence -p presence-e2e --bin presence-chaos

@@ -191,14 +191,22 @@ log_runs() {
   PRESENCE_BIN=$bin/presence "$bin/presence-bench-persister" 10000
 }
 
+# --- what a history of users who came and went costs ---------------------------------------
+history_runs() {
+  echo
+  echo "=== history: 0, 100,000 and 1,000,000 users ever seen besides 10,000 online ==="
+  PRESENCE_BIN=$bin/presence "$bin/presence-bench-history"
+}
+
 case $size in
   quick) standalone_runs; cluster_runs; fanout_run; partition_runs; log_runs ;;
-  full) standalone_runs; cluster_runs; fanout_run; partition_runs; capacity_runs; largest_runs; log_runs ;;
+  full) standalone_runs; cluster_runs; fanout_run; partition_runs; capacity_runs; largest_runs; log_runs; history_runs ;;
+  history) history_runs ;;
   capacity) capacity_runs ;;
   largest) largest_runs ;;
   log) log_runs ;;
   churn) churn_run ;;
   fanout) fanout_run ;;
   partitions) partition_runs ;;
-  *) echo "usage: $0 [quick|full|churn|fanout|capacity|largest|log|partitions]" >&2; exit 2 ;;
+  *) echo "usage: $0 [quick|full|churn|fanout|capacity|largest|log|partitions|history]" >&2; exit 2 ;;
 esac

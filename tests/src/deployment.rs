@@ -219,19 +219,8 @@ impl Deployment {
 
     /// SIGKILLs the first process of `role` and starts another in its place.
     pub async fn kill_and_restart(&mut self, role: &str) -> anyhow::Result<()> {
-        let i = self
-            .procs
-            .iter()
-            .position(|(r, _, _)| r == role)
-            .with_context(|| format!("no {role} in this deployment"))?;
-        self.procs[i].2.kill().await;
-        let borrowed: Vec<(&str, String)> = self.procs[i]
-            .1
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        self.procs[i].2 = Proc::start(role, &borrowed).await?;
-        Ok(())
+        self.nth(role, 0).kill().await;
+        self.respawn(role, 0).await
     }
 
     /// Cluster mode: SIGKILLs the aggregator and starts a new one in its place.

@@ -8,6 +8,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`process`] | the `presence` binary, the test settings, [`Proc`]: one running process |
+//! | [`history`] | users who came and went, appended straight into the events stream |
 //! | [`deployment`] | [`Mode`] and [`Deployment`]: standalone, or aggregator and two edges |
 //! | [`postgres`] | a fresh database, or a PostgreSQL server of a test's own |
 //! | [`balancer`] | HAProxy in front of edges |
@@ -25,6 +26,7 @@ pub mod balancer;
 pub mod chaos;
 pub mod clients;
 pub mod deployment;
+pub mod history;
 pub mod http;
 pub mod nats_cluster;
 pub mod observer;
@@ -36,6 +38,7 @@ pub mod readings;
 pub use balancer::Balancer;
 pub use clients::{connect, expect_update, now_ms, now_secs, service_token, token};
 pub use deployment::{Deployment, Mode};
+pub use history::fill_history;
 pub use http::{HttpResponse, bearer, http};
 pub use nats_cluster::NatsCluster;
 pub use observer::{Observer, Seen};

@@ -10,16 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use presence_e2e::{
-    Deployment, Mode, bearer, connect, http, metric_total, nats_url, rss_bytes, service_token,
+    Deployment, Mode, bearer, connect, fill_history, http, metric_total, rss_bytes, service_token,
     until_all_owned,
 };
-use presence_events::{
-    ConnId, Event, EventBody, LeaveReason, Millis, NodeId, Partitions, Subjects, TenantId, UserId,
-    ViewerClass,
-};
-use presence_log::{JetStreamLog, Outgoing, publish_all_durable};
 use serde_json::{Value, json};
 
 fn settings() -> Vec<(&'static str, String)> {
@@ -148,48 +142,6 @@ async fn the_long_gone_are_answered_from_postgresql_and_forgotten_by_the_fold() 
     drop((back, viewer));
 }
 
-/// Appends `n` users' joins and leaves straight into the events stream, as the edges would.
-async fn fill_history(namespace: &str, n: usize) {
-    let log = JetStreamLog::connect(&nats_url().unwrap(), "history-fill")
-        .await
-        .unwrap();
-    let subjects = Subjects::new(namespace).with_partitions(Partitions::new(4).unwrap());
-    let node = NodeId::parse("edge-fill").unwrap();
-    let tenant = TenantId::default_tenant();
-    let class = ViewerClass::from_gender(Some("female"));
-    let mut messages = Vec::with_capacity(2 * n);
-    for i in 0..n {
-        let user = UserId::parse(format!("past-{i}")).unwrap();
-        let conn = ConnId::new();
-        for body in [
-            EventBody::Join {
-                tenant: tenant.clone(),
-                user: user.clone(),
-                conn,
-                class: class.clone(),
-            },
-            EventBody::Leave {
-                tenant: tenant.clone(),
-                user: user.clone(),
-                conn,
-                class: class.clone(),
-                reason: LeaveReason::Client,
-            },
-        ] {
-            let partition = subjects.partitions().of_event(&body).unwrap();
-            let event = Event::new(node.clone(), Millis::now(), body);
-            messages.push(Outgoing {
-                subject: subjects.event(partition, event.kind()),
-                msg_id: event.id.to_string(),
-                payload: Bytes::from(event.encode().unwrap()),
-                ttl: None,
-            });
-        }
-    }
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    assert!(publish_all_durable(&log, &messages, &shutdown).await);
-}
-
 #[tokio::test]
 async fn an_edge_started_after_50000_users_came_and_went_is_ready_with_a_complete_view_and_as_small()
  {
@@ -197,7 +149,9 @@ async fn an_edge_started_after_50000_users_came_and_went_is_ready_with_a_complet
     let mut d = Deployment::start(Mode::Cluster, &settings()).await.unwrap();
     let a = d.a.clone();
     until_all_owned(&a, 4, Duration::from_secs(20)).await;
-    fill_history(&d.namespace().unwrap(), 50_000).await;
+    fill_history(&d.namespace().unwrap(), 4, "past-", 50_000)
+        .await
+        .unwrap();
     let online = connect(&a, "still-here", "female").await.unwrap();
     // The fold has taken it all in: it holds the online user alone once the retention ran.
     let aggregator = d.proc("aggregator").admin.clone();

@@ -491,6 +491,20 @@ impl PresenceState {
         self.closed
             .retain(|_, closed_at| now.since(*closed_at) <= keep);
         self.forget_long_gone(now);
+        // Memory follows who is here now: tables a crowd once filled are given back.
+        shrink(&mut self.users);
+        shrink(&mut self.conns);
+        shrink(&mut self.closed);
+        if self.gone.capacity() > 4 * self.gone.len() + 1024 {
+            self.gone.shrink_to(2 * self.gone.len());
+        }
+    }
+}
+
+/// Gives back most of a table's room once it holds a quarter of it or less.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4 * map.len() + 1024 {
+        map.shrink_to(2 * map.len());
     }
 }
 

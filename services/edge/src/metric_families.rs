@@ -235,6 +235,12 @@ fn register_rejections() {
         &["changes", "metrics"],
     );
     zero_counters(
+        "presence_feed_stale_total",
+        "Changes derived again by a refold (below the partition's newest sequence taken) skipped, by feed",
+        "feed",
+        &["changes"],
+    );
+    zero_counters(
         "presence_feed_rejected_total",
         "Messages of a followed stream that did not decode",
         "feed",

@@ -26,7 +26,9 @@ pub use ids::{
     ConnId, IdError, NodeId, SessionId, TabId, TabKey, TenantId, UserId, UserKey, ViewerClass,
 };
 pub use metrics::TenantMetrics;
-pub use partition::{EpochFence, MAX_PARTITIONS, Partition, PartitionCountError, Partitions};
+pub use partition::{
+    EpochFence, MAX_PARTITIONS, Partition, PartitionCountError, Partitions, SequenceMark,
+};
 pub use stats::{ClusterStats, PresenceStats};
 pub use status::{Details, DetailsError, SetStatus, Status, StatusError};
 pub use subjects::{Subjects, hex_token};

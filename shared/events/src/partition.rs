@@ -178,9 +178,46 @@ impl EpochFence {
     }
 }
 
+/// The newest event-log sequence a reader has taken each partition's outputs at. A partition's
+/// outputs are published in sequence order, so one below the mark is a re-derivation of what
+/// was already taken (an owner folding the partition again from an older snapshot, or from
+/// the start, after the log's de-duplication window), even for users the reader no longer
+/// holds: it is refused. Outputs of one event share its sequence, so an equal one passes.
+#[derive(Debug, Default, Clone)]
+pub struct SequenceMark {
+    newest: HashMap<Partition, u64>,
+}
+
+impl SequenceMark {
+    /// Whether an output of `partition` derived at `seq` is new (and remembers it).
+    pub fn admit(&mut self, partition: Partition, seq: u64) -> bool {
+        let newest = self.newest.entry(partition).or_insert(0);
+        if seq < *newest {
+            return false;
+        }
+        *newest = seq;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sequence_mark_refuses_what_a_refold_derives_again() {
+        let mut mark = SequenceMark::default();
+        assert!(mark.admit(Partition(0), 10));
+        assert!(mark.admit(Partition(0), 10), "two outputs of one event");
+        assert!(mark.admit(Partition(1), 3), "partitions are apart");
+        assert!(mark.admit(Partition(0), 12));
+        assert!(
+            !mark.admit(Partition(0), 11),
+            "derived again from an older snapshot"
+        );
+        assert!(!mark.admit(Partition(0), 1));
+        assert!(mark.admit(Partition(0), 13));
+    }
 
     fn user(i: usize) -> UserId {
         UserId::parse(format!("user-{i}")).unwrap()

@@ -235,18 +235,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_gets_every_subjects_latest_value_then_new_ones_and_skips_garbage() {
         let log = MemoryLog::new();
-        log.ensure_stream(StreamSpec {
-            name: "LATEST".into(),
-            subjects: vec!["latest.>".into()],
-            max_msgs_per_subject: 1,
-            max_age: Duration::ZERO,
-            max_bytes: 0,
-            duplicate_window: Duration::from_secs(120),
-            replicas: 1,
-            allow_message_ttl: false,
-        })
-        .await
-        .unwrap();
+        log.ensure_stream(latest_stream("LATEST")).await.unwrap();
         let append = |subject: &str, body: &str, id: &str| Outgoing {
             subject: format!("latest.{subject}"),
             msg_id: id.into(),

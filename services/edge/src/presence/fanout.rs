@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use presence_events::{EpochFence, PresenceChange, Subjects};
+use presence_events::{EpochFence, PresenceChange, SequenceMark, Subjects};
 use presence_log::{EventLog, LatestFeed};
 use presence_telemetry::Readiness;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
@@ -65,6 +65,11 @@ impl FanOut {
         let this = &self;
         let partitions = self.subjects.partitions();
         let mut fence = EpochFence::default();
+        let mut mark = SequenceMark::default();
+        // Until the view is complete the feed is the stream's last message per user, which a
+        // refold in progress may have reordered: the mark is only raised then, not enforced.
+        let caught_up = std::sync::atomic::AtomicBool::new(false);
+        let caught_up = &caught_up;
         let read = async {
             let sender = tx;
             let tx = &sender;
@@ -75,18 +80,27 @@ impl FanOut {
                 .follow(
                     self.log.as_ref(),
                     &shutdown,
-                    || self.readiness.set(true),
+                    || {
+                        caught_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.readiness.set(true);
+                    },
                     |latest| {
                         // A deposed aggregator's late changes are refused (see `EpochFence`).
                         let change = &latest.value;
-                        let admitted = fence
-                            .admit(partitions.of_user(&change.tenant, &change.user), change.epoch);
+                        let partition = partitions.of_user(&change.tenant, &change.user);
+                        let admitted = fence.admit(partition, change.epoch);
+                        // A refold re-deriving old changes (of users long forgotten too).
+                        let fresh = mark.admit(partition, change.seq)
+                            || !caught_up.load(std::sync::atomic::Ordering::Relaxed);
                         async move {
                         metrics::gauge!("presence_consumer_lag_messages", "consumer" => "fanout")
                             .set(latest.pending as f64);
                         let change = latest.value;
                         if !admitted {
                             metrics::counter!("presence_feed_fenced_total", "feed" => "changes")
+                                .increment(1);
+                        } else if !fresh {
+                            metrics::counter!("presence_feed_stale_total", "feed" => "changes")
                                 .increment(1);
                         } else if this.view.apply(&change) {
                             let (online, gone) = this.view.held();

@@ -16,8 +16,8 @@ use presence_store::Store;
 use super::VisibilityPolicy;
 use crate::wire::{PresenceUpdate, TenantPresence};
 
-/// Offline users kept in memory, the most recently gone first out last.
-pub(crate) const GONE_CACHE: usize = 100_000;
+/// Offline users kept in memory (the most recently gone): about 2.5 MB.
+pub(crate) const GONE_CACHE: usize = 10_000;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -123,6 +123,11 @@ impl PresenceView {
             while known.gone_order.len() > 2 * self.gone_capacity.max(1) {
                 known.gone_order.pop_front();
             }
+        }
+        // A crowd that has left gives its room back.
+        if known.online.capacity() > 4 * known.online.len() + 1024 {
+            let len = known.online.len();
+            known.online.shrink_to(2 * len);
         }
         true
     }
