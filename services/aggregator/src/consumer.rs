@@ -445,6 +445,12 @@ async fn fold_until_interrupted(
                     if tick {
                         metrics::gauge!("presence_fold_users", "partition" => partition.to_string())
                             .set(state.presence.users_held() as f64);
+                        metrics::gauge!("presence_fold_closed_connections", "partition" => partition.to_string())
+                            .set(state.presence.closed_held() as f64);
+                        crate::release::release_freed_memory(
+                            state.presence.take_released(),
+                            std::time::Instant::now(),
+                        );
                         let figures = Figures {
                             partition,
                             owner: &saved.node,

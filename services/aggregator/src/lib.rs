@@ -15,6 +15,7 @@ mod metric_families;
 mod pairs;
 #[cfg(test)]
 mod partitioned_tests;
+mod release;
 pub mod sessions;
 pub mod state;
 mod sweeper;
@@ -166,6 +167,7 @@ impl Aggregator {
         readiness: Readiness,
     ) -> Result<(), presence_log::LogError> {
         metric_families::register(self.subjects.partitions());
+        release::tune_allocator();
         // A cluster still electing its leaders answers after a while: wait up to 30 s.
         let started = std::time::Instant::now();
         let board = loop {

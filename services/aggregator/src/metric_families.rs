@@ -28,6 +28,10 @@ pub(crate) fn register(partitions: Partitions) {
             "metrics_tick",
         ],
     );
+    zero_counter(
+        "presence_memory_releases_total",
+        "Times the aggregator handed memory its fold gave up back to the system",
+    );
     zero_counters(
         "presence_events_rejected_total",
         "Events skipped by the fold, by reason",
@@ -102,6 +106,10 @@ pub(crate) fn register(partitions: Partitions) {
     describe_gauge!(
         "presence_fold_users",
         "Users a partition's fold holds: online, and offline within PRESENCE_OFFLINE_RETENTION"
+    );
+    describe_gauge!(
+        "presence_fold_closed_connections",
+        "Closed connections a partition's fold remembers (for twice the heartbeat timeout)"
     );
     zero_counters(
         "presence_lease_transitions_total",

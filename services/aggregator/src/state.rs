@@ -87,6 +87,10 @@ pub struct PresenceState {
     /// settings; not part of the state.
     #[serde(skip)]
     offline_retention_ms: Option<u64>,
+    /// Set when a sweep forgot users or gave back the room of a table; the aggregator then
+    /// hands the freed memory back to the system (see `release`). Not part of the state.
+    #[serde(skip)]
+    released: bool,
 }
 
 /// Builds the change for `key` in one place so every cause reports the same fields.
@@ -131,6 +135,7 @@ impl PresenceState {
             outage_after_ms: None,
             gone: VecDeque::new(),
             offline_retention_ms: None,
+            released: false,
         }
     }
 
@@ -148,6 +153,16 @@ impl PresenceState {
     /// Users the fold holds (online, or offline within the retention).
     pub fn users_held(&self) -> usize {
         self.users.len()
+    }
+
+    /// Closed connections the fold still remembers (for twice the heartbeat timeout).
+    pub fn closed_held(&self) -> usize {
+        self.closed.len()
+    }
+
+    /// Whether a sweep since the last call forgot users or shrank a table (and clears it).
+    pub fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
     }
 
     /// Treats a silence of the whole partition longer than `ms` as the log having been away
@@ -383,10 +398,11 @@ impl PresenceState {
     /// Forgets the users offline for the retention at `now`. The queue is in event-time
     /// order; a user who came back since (online, or offline again later) is kept, its later
     /// departure being further down the queue.
-    fn forget_long_gone(&mut self, now: Millis) {
+    fn forget_long_gone(&mut self, now: Millis) -> usize {
         let Some(retention) = self.offline_retention_ms else {
-            return;
+            return 0;
         };
+        let mut forgotten = 0;
         while self
             .gone
             .front()
@@ -400,8 +416,10 @@ impl PresenceState {
             });
             if long_gone {
                 self.users.remove(&key);
+                forgotten += 1;
             }
         }
+        forgotten
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -490,22 +508,30 @@ impl PresenceState {
         let keep = self.heartbeat_timeout_ms.saturating_mul(2);
         self.closed
             .retain(|_, closed_at| now.since(*closed_at) <= keep);
-        self.forget_long_gone(now);
+        let forgotten = self.forget_long_gone(now);
         // Memory follows who is here now: tables a crowd once filled are given back.
-        shrink(&mut self.users);
-        shrink(&mut self.conns);
-        shrink(&mut self.closed);
+        let mut released = forgotten >= RELEASE_AFTER_FORGETTING;
+        released |= shrink(&mut self.users);
+        released |= shrink(&mut self.conns);
+        released |= shrink(&mut self.closed);
         if self.gone.capacity() > 4 * self.gone.len() + 1024 {
             self.gone.shrink_to(2 * self.gone.len());
+            released = true;
         }
+        self.released |= released;
     }
 }
 
-/// Gives back most of a table's room once it holds a quarter of it or less.
-fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 4 * map.len() + 1024 {
+/// Users forgotten in one sweep that make it worth handing their memory back to the system.
+const RELEASE_AFTER_FORGETTING: usize = 1024;
+
+/// Gives back most of a table's room once it holds a quarter of it or less; whether it did.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
+    let shrinks = map.capacity() > 4 * map.len() + 1024;
+    if shrinks {
         map.shrink_to(2 * map.len());
     }
+    shrinks
 }
 
 fn user_key(tenant: &TenantId, user: &UserId) -> UserKey {
@@ -902,6 +928,28 @@ mod tests {
         assert_eq!(s.state.users_held(), 1);
         s.apply(276_000, EventBody::Tick);
         assert_eq!(s.state.users_held(), 0);
+    }
+
+    #[test]
+    fn a_crowd_gone_and_forgotten_asks_for_its_memory_to_be_released_once() {
+        let mut s = Script::new();
+        s.state.set_offline_retention(Some(60_000));
+        for i in 0..3_000 {
+            let c = ConnId::new();
+            s.apply(1_000, join(&format!("u{i}"), c));
+            s.apply(2_000, leave(&format!("u{i}"), c));
+        }
+        assert_eq!(s.state.closed_held(), 3_000);
+        // Within the retention nothing is forgotten, and a few are not worth releasing.
+        s.apply(10_000, EventBody::Tick);
+        assert!(!s.state.take_released());
+        // Past twice the timeout the closed connections go; past the retention the users.
+        s.apply(62_000, EventBody::Tick);
+        assert_eq!((s.state.users_held(), s.state.closed_held()), (0, 0));
+        assert!(s.state.take_released());
+        assert!(!s.state.take_released(), "taken once");
+        s.apply(70_000, EventBody::Tick);
+        assert!(!s.state.take_released(), "nothing new to give back");
     }
 
     #[test]

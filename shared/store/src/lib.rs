@@ -9,6 +9,9 @@ use presence_events::{Details, Millis, PresenceChange, TenantId, UserId};
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+/// Snapshots larger than this are written on a connection that is closed afterwards.
+const LARGE_SNAPSHOT: usize = 1 << 20;
+
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -214,7 +217,7 @@ impl Store {
         state: &str,
         epoch: u64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO aggregator_snapshots (namespace, seq, state, epoch) VALUES ($1, $2, $3, $4)
              ON CONFLICT (namespace) DO UPDATE
              SET seq = EXCLUDED.seq, state = EXCLUDED.state, epoch = EXCLUDED.epoch, saved_at = now()
@@ -224,9 +227,14 @@ impl Store {
         .bind(namespace)
         .bind(seq as i64)
         .bind(state)
-        .bind(epoch as i64)
-        .execute(&self.pool)
-        .await?;
+        .bind(epoch as i64);
+        let mut conn = self.pool.acquire().await?;
+        // A connection keeps the room of the largest message it wrote: one that carried a
+        // large snapshot (a crowd the fold has since forgotten) is closed rather than pooled.
+        if state.len() > LARGE_SNAPSHOT {
+            conn.close_on_drop();
+        }
+        let done = query.execute(&mut *conn).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -235,11 +243,19 @@ impl Store {
         &self,
         namespace: &str,
     ) -> Result<Option<(u64, String)>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
         let row: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, state FROM aggregator_snapshots WHERE namespace = $1")
                 .bind(namespace)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?;
+        // As for a save: the room a large snapshot took is not kept in the pool.
+        if row
+            .as_ref()
+            .is_some_and(|(_, state)| state.len() > LARGE_SNAPSHOT)
+        {
+            conn.close_on_drop();
+        }
         Ok(row.map(|(seq, state)| (seq.max(0) as u64, state)))
     }
 
