@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-capacity bench-aggregator bench-partitions bench-failover bench-persister bench-history chaos check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-delivery bench-capacity bench-aggregator bench-partitions bench-failover bench-persister bench-history chaos check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -48,6 +48,10 @@ bench-full: ## the suite plus the largest runs: 19,000 connections on one edge, 
 bench-fanout: ## steady fan-out at 10,000 connections (15 users/s churning): deliveries per CPU-second, propagation
 	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh fanout
+
+bench-delivery: ## the delivery modes side by side at 10,000 connections: broadcast, broadcast + batch, subscriptions (50 each) + batch
+	$(CARGO) build --release -p presence -p presence-bench
+	scripts/with-services.sh scripts/bench.sh delivery
 
 bench-capacity: ## connections held: 19,000 on one edge, 50,000 over three edges, light fan-out
 	$(CARGO) build --release -p presence -p presence-bench

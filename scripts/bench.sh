@@ -9,6 +9,9 @@
 #                                          runs (19k on one edge, 50k on 3 edges)
 #                                        churn: only a 5-minute churn run at 10k (ghosts, flaps)
 #                                        fanout: only the steady fan-out run at 10k
+#                                        delivery: only the delivery modes side by side (10k:
+#                                          broadcast, broadcast + batch, subscriptions + batch;
+#                                          DELIVERY_HOLD_SECS, default 300)
 #                                        capacity: only the connection-capacity runs (19k on
 #                                          one edge, 50k on three, light fan-out)
 #                                        largest: only the largest 90/10 runs
@@ -154,6 +157,25 @@ fanout_run() {
   stop_all
 }
 
+delivery_runs() {
+  # The same 10k users (1,000/s ramp, then 15 users/s churning) three ways, side by side:
+  # broadcast (every change to everyone allowed to see it), broadcast with batched frames,
+  # and subscriptions (each socket subscribed to 50 random others) with batched frames.
+  local hold=${DELIVERY_HOLD_SECS:-300}
+  cluster 1
+  load "delivery-broadcast-10000" 10000 --ramp-per-sec 1000 --hold-secs "$hold" \
+    --churn-per-sec 15 --churn-pause-ms 1000
+  stop_all
+  cluster 1
+  load "delivery-broadcast-batch-10000" 10000 --ramp-per-sec 1000 --hold-secs "$hold" \
+    --churn-per-sec 15 --churn-pause-ms 1000 --batch
+  stop_all
+  cluster 1
+  load "delivery-subscriptions-batch-10000" 10000 --ramp-per-sec 1000 --hold-secs "$hold" \
+    --churn-per-sec 15 --churn-pause-ms 1000 --delivery subscriptions --subscribe 50 --batch
+  stop_all
+}
+
 churn_run() {
   # Five minutes of users leaving and coming back, and of silent users: ghosts and flaps.
   cluster 1
@@ -199,14 +221,15 @@ history_runs() {
 }
 
 case $size in
-  quick) standalone_runs; cluster_runs; fanout_run; partition_runs; log_runs ;;
-  full) standalone_runs; cluster_runs; fanout_run; partition_runs; capacity_runs; largest_runs; log_runs; history_runs ;;
+  quick) standalone_runs; cluster_runs; fanout_run; delivery_runs; partition_runs; log_runs ;;
+  full) standalone_runs; cluster_runs; fanout_run; delivery_runs; partition_runs; capacity_runs; largest_runs; log_runs; history_runs ;;
   history) history_runs ;;
   capacity) capacity_runs ;;
   largest) largest_runs ;;
   log) log_runs ;;
   churn) churn_run ;;
   fanout) fanout_run ;;
+  delivery) delivery_runs ;;
   partitions) partition_runs ;;
-  *) echo "usage: $0 [quick|full|churn|fanout|capacity|largest|log|partitions|history]" >&2; exit 2 ;;
+  *) echo "usage: $0 [quick|full|churn|fanout|delivery|capacity|largest|log|partitions|history]" >&2; exit 2 ;;
 esac

@@ -11,6 +11,17 @@
  * await presence.setStatus('live', { title: 'Friday stream' });
  * const [ali] = await presence.query(['ali']);
  * ```
+ *
+ * A screen that shows a list of profiles subscribes to those users only, and takes their
+ * changes batched; after a reconnect it is told only what it missed (its last cursor):
+ *
+ * ```ts
+ * const presence = connectPresence({ url, token, delivery: 'subscriptions', batch: true });
+ * presence.onPresence((u) => render(u));
+ * await presence.ready();
+ * (await presence.subscribe(idsOnScreen)).forEach(render);
+ * await presence.add(['new-profile']);
+ * ```
  */
 
 import { io as defaultIo, type ManagerOptions, type Socket, type SocketOptions } from 'socket.io-client';
@@ -30,6 +41,9 @@ export interface PresenceUpdate {
 
 export type SettableStatus = 'online' | 'live' | 'in_call';
 
+/** How the socket receives presence: every user the caller may see, or only those it subscribed to. */
+export type Delivery = 'broadcast' | 'subscriptions';
+
 export interface PresenceOptions {
   /** The presence service, e.g. `https://presence.example.com`. */
   url: string;
@@ -45,6 +59,15 @@ export interface PresenceOptions {
   socketOptions?: Partial<ManagerOptions & SocketOptions>;
   /** The `io` function to use. Default: the one of `socket.io-client`. */
   io?: typeof defaultIo;
+  /** `'subscriptions'`: only the users passed to `subscribe`/`add`. Default: the server's (`broadcast`). */
+  delivery?: Delivery;
+  /** Take changes coalesced into `presence-updates` frames (at most one per server window). */
+  batch?: boolean;
+  /**
+   * Catch up after a reconnect with the last cursor (`presence:subscribe {userIds, since}` in
+   * subscriptions mode, `presence:sync {since}` in broadcast). Default true.
+   */
+  catchUp?: boolean;
 }
 
 export interface PresenceClient {
@@ -58,6 +81,21 @@ export interface PresenceClient {
   setStatus(status: SettableStatus, details?: unknown): Promise<void>;
   /** The presence of each user asked for, in order (users the caller may not see are reported offline). */
   query(userIds: string[]): Promise<PresenceUpdate[]>;
+  /** Subscriptions mode: these users become the socket's set; resolves with their presence. */
+  subscribe(userIds: string[]): Promise<PresenceUpdate[]>;
+  /** Subscriptions mode: these users join the set; resolves with their presence. */
+  add(userIds: string[]): Promise<PresenceUpdate[]>;
+  /** Subscriptions mode: these users leave the set. */
+  remove(userIds: string[]): Promise<void>;
+  /**
+   * What changed since the last cursor (`full: false`), or the whole state (`full: true`: every
+   * visible user online in broadcast mode, every subscribed user in subscriptions mode).
+   */
+  sync(): Promise<{ full: boolean; presence: PresenceUpdate[] }>;
+  /** Calls `cb` when a catch-up answers with the whole state instead of the changes: replace the list with it. */
+  onFullState(cb: (presence: PresenceUpdate[]) => void): () => void;
+  /** The newest cursor received (acks, `presence-update`, `presence-updates`), if any. */
+  readonly cursor: string | undefined;
   /** Stops the heartbeat and disconnects (the server marks the user offline once no socket is left). */
   disconnect(): void;
 }
@@ -66,6 +104,16 @@ interface Ack {
   ok?: boolean;
   error?: string;
   presence?: PresenceUpdate[];
+  cursor?: string;
+  full?: boolean;
+  limit?: number;
+}
+
+/** Whether cursor `a` is after `b` (decimal strings of any length). */
+export function cursorAfter(a: string, b: string | undefined): boolean {
+  if (b === undefined) return true;
+  if (a.length !== b.length) return a.length > b.length;
+  return a > b;
 }
 
 function checkAck(event: string, ack: unknown): Ack {
@@ -78,7 +126,10 @@ export function connectPresence(opts: PresenceOptions): PresenceClient {
   const io = opts.io ?? defaultIo;
   const heartbeatInterval = opts.heartbeatInterval ?? 5000;
   const ackTimeout = opts.ackTimeout ?? 10_000;
-  const socketOptions: Partial<ManagerOptions & SocketOptions> = { ...opts.socketOptions, auth: { token: opts.token } };
+  const auth: Record<string, unknown> = { token: opts.token };
+  if (opts.delivery !== undefined) auth.delivery = opts.delivery;
+  if (opts.batch !== undefined) auth.batch = opts.batch;
+  const socketOptions: Partial<ManagerOptions & SocketOptions> = { ...opts.socketOptions, auth };
   if (opts.transports) socketOptions.transports = opts.transports;
   const socket = io(opts.url, socketOptions);
 
@@ -96,6 +147,58 @@ export function connectPresence(opts: PresenceOptions): PresenceClient {
   };
   socket.on('connect', onConnect);
   socket.on('disconnect', stopHeartbeat);
+
+  // Cursors, the subscribed set and what listens for updates.
+  let cursor: string | undefined;
+  const seeCursor = (c: unknown): void => {
+    if (typeof c === 'string' && /^[0-9]+$/.test(c) && cursorAfter(c, cursor)) cursor = c;
+  };
+  const subscriptions = opts.delivery === 'subscriptions';
+  const subscribed = new Set<string>();
+  const listeners = new Set<(u: PresenceUpdate) => void>();
+  const fullListeners = new Set<(p: PresenceUpdate[]) => void>();
+  const deliver = (u: PresenceUpdate): void => {
+    for (const l of [...listeners]) l(u);
+  };
+  const onUpdate = (u: PresenceUpdate, c?: unknown): void => {
+    seeCursor(c);
+    deliver(u);
+  };
+  const onUpdates = (updates: unknown, c?: unknown): void => {
+    seeCursor(c);
+    if (Array.isArray(updates)) for (const u of updates) deliver(u as PresenceUpdate);
+  };
+  socket.on('presence-update', onUpdate);
+  socket.on('presence-updates', onUpdates);
+  const ask = async (event: string, payload: unknown): Promise<Ack> => {
+    const ack = checkAck(event, await socket.timeout(ackTimeout).emitWithAck(event, payload));
+    seeCursor(ack.cursor);
+    return ack;
+  };
+  const list = (ack: Ack): PresenceUpdate[] => (Array.isArray(ack.presence) ? ack.presence : []);
+  const answer = (ack: Ack): { full: boolean; presence: PresenceUpdate[] } => {
+    const presence = list(ack);
+    if (ack.full === true) for (const l of [...fullListeners]) l(presence);
+    else presence.forEach(deliver);
+    return { full: ack.full === true, presence };
+  };
+  const sync = async (): Promise<{ full: boolean; presence: PresenceUpdate[] }> => {
+    if (subscriptions) {
+      const payload: Record<string, unknown> = { userIds: [...subscribed] };
+      if (cursor !== undefined) payload.since = cursor;
+      return answer(await ask('presence:subscribe', payload));
+    }
+    return answer(await ask('presence:sync', cursor === undefined ? {} : { since: cursor }));
+  };
+  // After a reconnect: only what was missed while away.
+  let connectedBefore = false;
+  socket.on('connect', () => {
+    const again = connectedBefore;
+    connectedBefore = true;
+    if (!again || opts.catchUp === false || cursor === undefined) return;
+    if (subscriptions && subscribed.size === 0) return;
+    sync().catch(() => undefined);
+  });
 
   const readyPromise = new Promise<void>((resolve, reject) => {
     if (socket.connected) {
@@ -120,13 +223,39 @@ export function connectPresence(opts: PresenceOptions): PresenceClient {
   return {
     socket,
     ready: () => readyPromise,
+    get cursor() {
+      return cursor;
+    },
     onPresence(cb) {
       const listener = (u: PresenceUpdate): void => cb(u);
-      socket.on('presence-update', listener);
+      listeners.add(listener);
       return () => {
-        socket.off('presence-update', listener);
+        listeners.delete(listener);
       };
     },
+    onFullState(cb) {
+      const listener = (p: PresenceUpdate[]): void => cb(p);
+      fullListeners.add(listener);
+      return () => {
+        fullListeners.delete(listener);
+      };
+    },
+    async subscribe(userIds) {
+      const ack = await ask('presence:subscribe', { userIds });
+      subscribed.clear();
+      userIds.forEach((u) => subscribed.add(u));
+      return list(ack);
+    },
+    async add(userIds) {
+      const ack = await ask('presence:subscribe', { add: userIds });
+      userIds.forEach((u) => subscribed.add(u));
+      return list(ack);
+    },
+    async remove(userIds) {
+      await ask('presence:subscribe', { remove: userIds });
+      userIds.forEach((u) => subscribed.delete(u));
+    },
+    sync,
     async setStatus(status, details) {
       const payload = details === undefined ? { status } : { status, details };
       checkAck('user:status', await socket.timeout(ackTimeout).emitWithAck('user:status', payload));
@@ -139,6 +268,10 @@ export function connectPresence(opts: PresenceOptions): PresenceClient {
       stopHeartbeat();
       socket.off('connect', onConnect);
       socket.off('disconnect', stopHeartbeat);
+      socket.off('presence-update', onUpdate);
+      socket.off('presence-updates', onUpdates);
+      listeners.clear();
+      fullListeners.clear();
       socket.disconnect();
     },
   };

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connectPresence, type PresenceOptions, type PresenceUpdate } from '../src/presence.js';
+import { connectPresence, cursorAfter, type PresenceOptions, type PresenceUpdate } from '../src/presence.js';
 
 type Handler = (...args: unknown[]) => void;
 
@@ -144,6 +144,104 @@ test('onPresence delivers presence-update until unsubscribed', () => {
   off();
   socket.fire('presence-update', { userId: 'ayse', status: 'offline', online: false, lastSeen: '2026-01-11T10:30:45Z' });
   assert.deepEqual(seen, ['ayse:online']);
-  assert.equal(socket.listenerCount('presence-update'), 0);
   presence.disconnect();
+  assert.equal(socket.listenerCount('presence-update'), 0);
+  assert.equal(socket.listenerCount('presence-updates'), 0);
+});
+
+const update = (userId: string, status: PresenceUpdate['status']): PresenceUpdate => ({
+  userId,
+  status,
+  online: status !== 'offline',
+  lastSeen: null,
+});
+
+test('subscriptions: the handshake asks for them, subscribe/add/remove change the set, batches reach onPresence', async () => {
+  const { io, socket, calls } = fakeIo();
+  const presence = connectPresence({ url: 'http://x', token: 't', delivery: 'subscriptions', batch: true, io });
+  assert.deepEqual(calls[0].opts, { auth: { token: 't', delivery: 'subscriptions', batch: true } });
+  socket.ackReply = (event, payload) => {
+    assert.equal(event, 'presence:subscribe');
+    const p = payload as { userIds?: string[]; add?: string[] };
+    const ids = p.userIds ?? p.add ?? [];
+    return { ok: true, presence: ids.map((id) => update(id, 'online')), cursor: '9' };
+  };
+  socket.fire('connect');
+  await presence.ready();
+  assert.deepEqual((await presence.subscribe(['ali', 'ayse'])).map((u) => u.userId), ['ali', 'ayse']);
+  assert.deepEqual((await presence.add(['can'])).map((u) => u.userId), ['can']);
+  await presence.remove(['ali']);
+  assert.deepEqual(
+    socket.acked.map((a) => a.payload),
+    [{ userIds: ['ali', 'ayse'] }, { add: ['can'] }, { remove: ['ali'] }],
+  );
+  assert.equal(presence.cursor, '9');
+  const seen: string[] = [];
+  presence.onPresence((u) => seen.push(`${u.userId}:${u.status}`));
+  socket.fire('presence-updates', [update('ayse', 'live'), update('can', 'offline')], '12');
+  socket.fire('presence-update', update('ayse', 'in_call'), '10');
+  assert.deepEqual(seen, ['ayse:live', 'can:offline', 'ayse:in_call']);
+  assert.equal(presence.cursor, '12', 'the newest cursor is kept, not the last one seen');
+  socket.ackReply = () => ({ ok: false, error: 'too_many_subscriptions', limit: 1000 });
+  await assert.rejects(presence.add(['x']), /too_many_subscriptions/);
+  presence.disconnect();
+});
+
+test('after a reconnect a subscriptions client resubscribes its set with its last cursor', async () => {
+  const { io, socket } = fakeIo();
+  const presence = connectPresence({ url: 'http://x', token: 't', delivery: 'subscriptions', io });
+  socket.fire('connect');
+  socket.ackReply = () => ({ ok: true, presence: [update('ayse', 'online')], cursor: '100' });
+  await presence.subscribe(['ayse', 'ali']);
+  socket.fire('presence-update', update('ali', 'online'), '120');
+  const seen: string[] = [];
+  presence.onPresence((u) => seen.push(`${u.userId}:${u.status}`));
+  socket.fire('disconnect', 'transport close');
+  socket.ackReply = () => ({ ok: true, presence: [update('ali', 'offline')], cursor: '130' });
+  socket.fire('connect');
+  await sleep(5);
+  assert.deepEqual(socket.acked[socket.acked.length - 1]?.payload, { userIds: ['ayse', 'ali'], since: '120' });
+  assert.deepEqual(seen, ['ali:offline'], 'only what was missed');
+  assert.equal(presence.cursor, '130');
+  // A cursor too old for the server: the whole set, handed over as the full state.
+  const full: string[][] = [];
+  presence.onFullState((p) => full.push(p.map((u) => u.userId)));
+  socket.ackReply = () => ({ ok: true, full: true, presence: [update('ayse', 'offline'), update('ali', 'offline')], cursor: '500' });
+  socket.fire('disconnect', 'transport close');
+  socket.fire('connect');
+  await sleep(5);
+  assert.deepEqual(full, [['ayse', 'ali']]);
+  assert.deepEqual(seen, ['ali:offline'], 'a full state is not replayed as updates');
+  presence.disconnect();
+});
+
+test('a broadcast client catches up with presence:sync and its last cursor, or not at all without one', async () => {
+  const { io, socket } = fakeIo();
+  const presence = connectPresence({ url: 'http://x', token: 't', io });
+  socket.fire('connect');
+  socket.fire('disconnect', 'transport close');
+  socket.fire('connect');
+  await sleep(5);
+  assert.equal(socket.acked.length, 0, 'no cursor yet: nothing to catch up from');
+  socket.fire('presence-update', update('ayse', 'online'), '7');
+  socket.ackReply = (event, payload) => {
+    assert.equal(event, 'presence:sync');
+    assert.deepEqual(payload, { since: '7' });
+    return { ok: true, presence: [update('ayse', 'offline')], cursor: '8' };
+  };
+  const seen: string[] = [];
+  presence.onPresence((u) => seen.push(`${u.userId}:${u.status}`));
+  socket.fire('disconnect', 'transport close');
+  socket.fire('connect');
+  await sleep(5);
+  assert.deepEqual(seen, ['ayse:offline']);
+  assert.equal(presence.cursor, '8');
+  presence.disconnect();
+});
+
+test('cursors compare as numbers of any length', () => {
+  assert.equal(cursorAfter('10', '9'), true);
+  assert.equal(cursorAfter('9', '10'), false);
+  assert.equal(cursorAfter('123', '124'), false);
+  assert.equal(cursorAfter('1', undefined), true);
 });

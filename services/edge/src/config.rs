@@ -65,6 +65,14 @@ pub struct EdgeConfig {
     /// is refused with `connect_error` "too many connections for this user".
     #[arg(long, env = "PRESENCE_MAX_CONNECTIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_connections_per_user: u32,
+    /// Users one socket may subscribe to (`presence:subscribe`, subscriptions delivery);
+    /// over it the request is refused with `too_many_subscriptions` and the set unchanged.
+    #[arg(long, env = "PRESENCE_MAX_SUBSCRIPTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_subscriptions: u32,
+    /// Window of batched delivery (ms): a batch socket gets at most one `presence-updates`
+    /// frame per window, with the latest state of each user changed in it.
+    #[arg(long, env = "PRESENCE_BATCH_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=10_000))]
+    pub batch_ms: u64,
     /// Rate limits of the active-users endpoints.
     #[command(flatten)]
     pub rate_limits: RateLimitConfig,

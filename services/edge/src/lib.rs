@@ -133,6 +133,8 @@ impl Edge {
             policy: config.visibility_rules.clone(),
             socket_buffer: config.socket_buffer as usize,
             max_connections_per_user: config.max_connections_per_user,
+            max_subscriptions: config.max_subscriptions as usize,
+            batch_window: std::time::Duration::from_millis(config.batch_ms),
             store: store.clone(),
             announcements: announcements.clone(),
         };

@@ -66,7 +66,11 @@ pub(crate) fn register() {
         ),
         (
             "presence_fanout_deliveries_total",
-            "Presence updates handed to sockets",
+            "Presence updates handed to sockets (an entry of a presence-updates frame is one)",
+        ),
+        (
+            "presence_fanout_frames_total",
+            "presence-update and presence-updates frames handed to sockets",
         ),
         (
             "presence_metrics_updates_delivered_total",
@@ -129,6 +133,18 @@ pub(crate) fn register() {
         "Lookups of offline users in PostgreSQL that failed (answered as never seen)",
     );
     zero_gauges(
+        "presence_subscriptions",
+        "Subscriptions sockets on this edge, and the users they subscribed to in all",
+        "kind",
+        &["sockets", "held"],
+    );
+    zero_counters(
+        "presence_sync_full_total",
+        "presence:sync and resubscriptions answered with the whole state, by reason",
+        "reason",
+        &["cursor_too_old"],
+    );
+    zero_gauges(
         "presence_consumer_lag_messages",
         "Messages a reader of the log is behind",
         "consumer",
@@ -156,6 +172,7 @@ fn register_rejections() {
             "no_verifier",
             "insecure_disabled",
             "unavailable",
+            "bad_delivery",
         ],
     );
     describe_counter!(
@@ -180,6 +197,17 @@ fn register_rejections() {
             "auth:refresh",
             &["bad_payload", "invalid_token", "other_user"][..],
         ),
+        (
+            "presence:subscribe",
+            &[
+                "bad_payload",
+                "not_subscriptions",
+                "bad_user_id",
+                "bad_cursor",
+                "too_many_subscriptions",
+            ][..],
+        ),
+        ("presence:sync", &["bad_payload", "bad_cursor"][..]),
     ] {
         for reason in reasons {
             metrics::counter!("presence_socket_rejected_total", "event" => event, "reason" => *reason)

@@ -58,30 +58,48 @@ impl PresenceUpdate {
 }
 
 /// What a Socket.io acknowledgement carries: `{ok: true}`, `{ok: true, presence: [...]}`
-/// or `{ok: false, error}`.
-#[derive(Debug, Serialize)]
+/// (with a `cursor`, and `full: true` when it is the whole state rather than what changed
+/// after the cursor sent), or `{ok: false, error}` (with the `limit` passed, if that is why).
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct SocketAck {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     presence: Option<Vec<PresenceUpdate>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
 }
 
 impl SocketAck {
     pub(crate) fn ok() -> Self {
         Self {
             ok: true,
-            error: None,
-            presence: None,
+            ..Self::default()
         }
     }
 
     pub(crate) fn presence(presence: Vec<PresenceUpdate>) -> Self {
         Self {
             ok: true,
-            error: None,
             presence: Some(presence),
+            ..Self::default()
+        }
+    }
+
+    /// Presence as of `cursor`: the whole state asked for when `full`, else only what
+    /// changed after the cursor the client sent.
+    pub(crate) fn presence_at(presence: Vec<PresenceUpdate>, cursor: String, full: bool) -> Self {
+        Self {
+            ok: true,
+            presence: Some(presence),
+            cursor: Some(cursor),
+            full: full.then_some(true),
+            ..Self::default()
         }
     }
 
@@ -89,7 +107,17 @@ impl SocketAck {
         Self {
             ok: false,
             error: Some(message),
-            presence: None,
+            ..Self::default()
+        }
+    }
+
+    /// Refused for going past `limit`.
+    pub(crate) fn over_limit(error: &str, limit: usize) -> Self {
+        Self {
+            ok: false,
+            error: Some(error.to_owned()),
+            limit: Some(limit),
+            ..Self::default()
         }
     }
 }

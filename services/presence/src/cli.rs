@@ -133,6 +133,8 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_EMA_ALPHA             EMA weight of the newest count          [0.2]
   PRESENCE_WS_AUTH_TIMEOUT_MS    /ws/active-users auth deadline          [10000]
   PRESENCE_MAX_CONNECTIONS_PER_USER  Socket.io connections per user, edge [10]
+  PRESENCE_MAX_SUBSCRIPTIONS     users one socket may subscribe to       [1000]
+  PRESENCE_BATCH_MS              window of batched delivery (ms)         [50]
   PRESENCE_RATE_LIMIT_IP_PER_MIN         per client IP                   [100]
   PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN   per customer                    [5000]
   PRESENCE_TRUSTED_PROXIES       proxies trusted for X-Forwarded-For

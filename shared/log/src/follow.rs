@@ -18,6 +18,8 @@ use crate::{Delivered, EventLog, StartAt};
 pub struct Latest<T> {
     /// Messages still waiting behind this one (how far the reader is behind).
     pub pending: u64,
+    /// Its sequence in the stream.
+    pub seq: u64,
     /// The decoded value.
     pub value: T,
 }
@@ -137,6 +139,7 @@ impl<T, E: Display> LatestFeed<T, E> {
         match (self.decode)(&delivered.payload) {
             Ok(value) => Some(Latest {
                 pending: delivered.pending,
+                seq: delivered.seq,
                 value,
             }),
             Err(e) => {

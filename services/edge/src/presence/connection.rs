@@ -9,6 +9,8 @@ use presence_auth::Identity;
 use presence_events::{ConnId, UserKey};
 use socketioxide::socket::Sid;
 
+use super::handshake::Delivery;
+
 /// One authenticated socket, kept in the socket's extensions and in each of its handlers.
 #[derive(Clone)]
 pub(super) struct Connection {
@@ -18,6 +20,8 @@ pub(super) struct Connection {
     pub(super) conn: ConnId,
     /// The audience rooms the socket joined (one per class of users it may see).
     pub(super) rooms: Arc<[String]>,
+    /// How it receives presence.
+    pub(super) delivery: Delivery,
     lifecycle: Arc<AtomicU8>,
 }
 
@@ -30,12 +34,18 @@ const CLOSED: u8 = 2;
 
 impl Connection {
     /// A new connection of `identity` on socket `sid` that joins `rooms`.
-    pub(super) fn new(sid: Sid, identity: Identity, rooms: Arc<[String]>) -> Self {
+    pub(super) fn new(
+        sid: Sid,
+        identity: Identity,
+        rooms: Arc<[String]>,
+        delivery: Delivery,
+    ) -> Self {
         Self {
             sid,
             identity: Arc::new(identity),
             conn: ConnId::new(),
             rooms,
+            delivery,
             lifecycle: Arc::new(AtomicU8::new(NEW)),
         }
     }
@@ -66,7 +76,12 @@ mod tests {
 
     fn connection() -> Connection {
         let identity = Identity::from_claims("ayse", Some("female"), None).unwrap();
-        Connection::new(Sid::new(), identity, Arc::from(Vec::new()))
+        Connection::new(
+            Sid::new(),
+            identity,
+            Arc::from(Vec::new()),
+            Delivery::default(),
+        )
     }
 
     #[test]

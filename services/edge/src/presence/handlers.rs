@@ -1,9 +1,11 @@
 //! What a connected socket may do: `user:heartbeat`, `user:status` (acked once the event is
 //! durable), `presence:query` (acked with the presence of each user asked for, visibility
-//! applied), `auth:refresh` (a fresh token for the same user, so the connection outlives the
-//! first one's `exp`), and what happens when it disconnects (a `leave`, unless the edge
-//! drains).
+//! applied), `presence:subscribe` (the users a subscriptions socket hears of, acked with their
+//! presence and a cursor), `presence:sync` (what changed after a cursor, or the whole state),
+//! `auth:refresh` (a fresh token for the same user, so the connection outlives the first one's
+//! `exp`), and what happens when it disconnects (a `leave`, unless the edge drains).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,7 +16,9 @@ use socketioxide::socket::DisconnectReason;
 
 use super::SocketContext;
 use super::connection::Connection;
-use crate::wire::SocketAck as Ack;
+use super::cursor::Cursor;
+use super::subscriptions::SetChange;
+use crate::wire::{PresenceUpdate, SocketAck as Ack};
 
 /// Most users one `presence:query` may ask about.
 const MAX_QUERY_USERS: usize = 500;
@@ -24,6 +28,34 @@ struct StatusRequest {
     status: String,
     #[serde(default)]
     details: Option<serde_json::Value>,
+}
+
+/// `{userIds}`, `{add}` or `{remove}`, and the cursor of a resubscription.
+#[derive(Debug, Deserialize)]
+struct SubscribeRequest {
+    #[serde(rename = "userIds")]
+    user_ids: Option<Vec<serde_json::Value>>,
+    add: Option<Vec<serde_json::Value>>,
+    remove: Option<Vec<serde_json::Value>>,
+    since: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncRequest {
+    since: Option<serde_json::Value>,
+}
+
+/// The user ids of `field`, or the error of the first that is not one.
+fn user_ids(field: &str, raw: Vec<serde_json::Value>) -> Result<Vec<UserId>, String> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, value)| match value {
+            serde_json::Value::String(id) => {
+                UserId::parse(id).map_err(|e| format!("{field}[{i}]: {e}"))
+            }
+            other => Err(format!("{field}[{i}]: a user id is a string, got {other}")),
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +74,25 @@ fn refuse(event: &'static str, reason: &'static str, message: String) -> Ack {
     metrics::counter!("presence_socket_rejected_total", "event" => event, "reason" => reason)
         .increment(1);
     Ack::error(message)
+}
+
+/// Registers `$event` on socket `$s`: its payload read as `$request` (`None` if it does not
+/// parse), answered in its ack by `$answer`, with the context and connection at hand.
+macro_rules! acked {
+    ($s:expr, $context:expr, $connection:expr, $event:literal, $request:ty,
+     |$cx:ident, $sn:ident, $r:ident| $answer:expr) => {{
+        let (cx, sn) = ($context.clone(), $connection.clone());
+        $s.on(
+            $event,
+            move |TryData(request): TryData<$request>, ack: AckSender| {
+                let (cx, sn) = (cx.clone(), sn.clone());
+                async move {
+                    let ($cx, $sn, $r) = (&cx, &sn, request.ok());
+                    let _ = ack.send(&$answer);
+                }
+            },
+        );
+    }};
 }
 
 /// Installs the event handlers of an admitted socket.
@@ -64,38 +115,45 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
         }
     });
 
-    let (cx, sn) = (context.clone(), connection.clone());
-    s.on(
+    acked!(
+        s,
+        context,
+        connection,
         "user:status",
-        move |TryData(request): TryData<StatusRequest>, ack: AckSender| {
-            let (cx, sn) = (cx.clone(), sn.clone());
-            async move {
-                let answer = cx.set_status(&sn, request.ok()).await;
-                let _ = ack.send(&answer);
-            }
-        },
+        StatusRequest,
+        |cx, sn, request| { cx.set_status(sn, request).await }
     );
-
-    let (cx, sn) = (context.clone(), connection.clone());
-    s.on(
+    acked!(
+        s,
+        context,
+        connection,
         "presence:query",
-        move |TryData(request): TryData<QueryRequest>, ack: AckSender| {
-            let (cx, sn) = (cx.clone(), sn.clone());
-            async move {
-                let _ = ack.send(&cx.query(&sn, request.ok()).await);
-            }
-        },
+        QueryRequest,
+        |cx, sn, request| { cx.query(sn, request).await }
     );
-
-    let (cx, sn) = (context.clone(), connection.clone());
-    s.on(
+    acked!(
+        s,
+        context,
+        connection,
+        "presence:subscribe",
+        SubscribeRequest,
+        |cx, sn, request| { cx.subscribe(sn, request).await }
+    );
+    acked!(
+        s,
+        context,
+        connection,
+        "presence:sync",
+        SyncRequest,
+        |cx, sn, request| { cx.sync(sn, request).await }
+    );
+    acked!(
+        s,
+        context,
+        connection,
         "auth:refresh",
-        move |TryData(request): TryData<RefreshRequest>, ack: AckSender| {
-            let (cx, sn) = (cx.clone(), sn.clone());
-            async move {
-                let _ = ack.send(&cx.refresh(&sn, request.ok()));
-            }
-        },
+        RefreshRequest,
+        |cx, sn, request| { cx.refresh(sn, request) }
     );
 
     let (cx, sn) = (context.clone(), connection.clone());
@@ -182,6 +240,139 @@ impl SocketContext {
         )
     }
 
+    /// Changes the set of users a subscriptions socket hears of. Acked with the presence of
+    /// the users the request named (visibility applied) and a cursor; with `since`, only
+    /// those of the set that changed after it (or the whole set, `full: true`, if the cursor
+    /// is older than this edge can answer for).
+    async fn subscribe(&self, sn: &Connection, request: Option<SubscribeRequest>) -> Ack {
+        const EVENT: &str = "presence:subscribe";
+        let Some(request) = request else {
+            return refuse(
+                EVENT,
+                "bad_payload",
+                "expected {userIds: [...]}, {add: [...]} or {remove: [...]}, and since?: \"<cursor>\"".into(),
+            );
+        };
+        if !sn.delivery.subscriptions {
+            return refuse(
+                EVENT,
+                "not_subscriptions",
+                "this socket receives every user it may see: connect with auth {delivery: \"subscriptions\"} to subscribe".into(),
+            );
+        }
+        let parsed = match (request.user_ids, request.add, request.remove) {
+            (Some(ids), None, None) => user_ids("userIds", ids).map(SetChange::Replace),
+            (None, Some(ids), None) => user_ids("add", ids).map(SetChange::Add),
+            (None, None, Some(ids)) => user_ids("remove", ids).map(SetChange::Remove),
+            _ => {
+                return refuse(
+                    EVENT,
+                    "bad_payload",
+                    "expected exactly one of userIds, add or remove".into(),
+                );
+            }
+        };
+        let change = match parsed {
+            Ok(change) => change,
+            Err(e) => return refuse(EVENT, "bad_user_id", e),
+        };
+        let since = match request.since.as_ref().map(Cursor::parse).transpose() {
+            Ok(since) => since,
+            Err(e) => return refuse(EVENT, "bad_cursor", e.to_string()),
+        };
+        // Taken before anything is read: what changes after it is pushed, or in the answer.
+        let cursor = self.view.cursor();
+        let (named, subscribed) = {
+            let mut index = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+            let updated = index.update(sn.sid, change);
+            let (sockets, held) = index.counts();
+            metrics::gauge!("presence_subscriptions", "kind" => "sockets").set(sockets as f64);
+            metrics::gauge!("presence_subscriptions", "kind" => "held").set(held as f64);
+            match updated {
+                Ok(named) => (named, index.subscribed(sn.sid)),
+                Err(too_many) => {
+                    metrics::counter!("presence_socket_rejected_total", "event" => EVENT, "reason" => "too_many_subscriptions")
+                        .increment(1);
+                    return Ack::over_limit(&too_many.to_string(), too_many.limit);
+                }
+            }
+        };
+        let id = &sn.identity;
+        if let Some(since) = since {
+            let set: HashSet<UserId> = subscribed.iter().cloned().collect();
+            let only = |u: &UserId| set.contains(u);
+            if let Some((changed, to)) =
+                self.view
+                    .changed_since(&self.policy, &id.class, &id.tenant, Some(&only), since)
+            {
+                return Ack::presence_at(changed, to.to_string(), false);
+            }
+            metrics::counter!("presence_sync_full_total", "reason" => "cursor_too_old")
+                .increment(1);
+            let full = self
+                .view
+                .presence_for(&self.policy, &id.class, &id.tenant, subscribed)
+                .await;
+            return Ack::presence_at(full, cursor.to_string(), true);
+        }
+        let presence = self
+            .view
+            .presence_for(&self.policy, &id.class, &id.tenant, named)
+            .await;
+        Ack::presence_at(presence, cursor.to_string(), false)
+    }
+
+    /// What changed after `since` among the users this socket hears of (every user it may
+    /// see, or its subscriptions), with a cursor; without `since`, or with one older than
+    /// this edge can answer for, the whole state (`full: true`): every visible user online,
+    /// or every subscribed user.
+    async fn sync(&self, sn: &Connection, request: Option<SyncRequest>) -> Ack {
+        const EVENT: &str = "presence:sync";
+        let Some(request) = request else {
+            return refuse(
+                EVENT,
+                "bad_payload",
+                "expected {since?: \"<cursor>\"}".into(),
+            );
+        };
+        let since = match request.since.as_ref().map(Cursor::parse).transpose() {
+            Ok(since) => since,
+            Err(e) => return refuse(EVENT, "bad_cursor", e.to_string()),
+        };
+        let cursor = self.view.cursor();
+        let id = &sn.identity;
+        let subscribed: Option<Vec<UserId>> = sn.delivery.subscriptions.then(|| {
+            self.subscriptions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .subscribed(sn.sid)
+        });
+        if let Some(since) = since {
+            let set: Option<HashSet<UserId>> =
+                subscribed.as_ref().map(|s| s.iter().cloned().collect());
+            let only = |u: &UserId| set.as_ref().is_none_or(|set| set.contains(u));
+            if let Some((changed, to)) =
+                self.view
+                    .changed_since(&self.policy, &id.class, &id.tenant, Some(&only), since)
+            {
+                return Ack::presence_at(changed, to.to_string(), false);
+            }
+            metrics::counter!("presence_sync_full_total", "reason" => "cursor_too_old")
+                .increment(1);
+        }
+        let full: Vec<PresenceUpdate> = match subscribed {
+            Some(users) => {
+                self.view
+                    .presence_for(&self.policy, &id.class, &id.tenant, users)
+                    .await
+            }
+            None => self
+                .view
+                .online_visible(&self.policy, &id.class, &id.tenant, None, usize::MAX),
+        };
+        Ack::presence_at(full, cursor.to_string(), true)
+    }
+
     /// A fresh token for the same user: the connection lives until its `exp`.
     fn refresh(&self, sn: &Connection, request: Option<RefreshRequest>) -> Ack {
         const EVENT: &str = "auth:refresh";
@@ -207,6 +398,13 @@ impl SocketContext {
 
     async fn on_disconnect(&self, sn: &Connection, reason: DisconnectReason) {
         self.expiry.forget(sn.sid);
+        if sn.delivery.subscriptions {
+            let mut index = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+            index.drop_socket(sn.sid);
+            let (sockets, held) = index.counts();
+            metrics::gauge!("presence_subscriptions", "kind" => "sockets").set(sockets as f64);
+            metrics::gauge!("presence_subscriptions", "kind" => "held").set(held as f64);
+        }
         self.local.release_user(&sn.key());
         if sn.close() {
             self.local.closed(&sn.rooms);

@@ -7,6 +7,10 @@
 //! client may emit before that handler would have registered anything. Here its events, its
 //! rooms and its `join` (durable in the log) are all in place first; if the join cannot be
 //! appended the client gets a `connect_error` saying so and can retry.
+//!
+//! The handshake also chooses how the socket receives presence ([`Delivery`]):
+//! `auth: {delivery: "broadcast" | "subscriptions", batch?: boolean}`; a stock client that
+//! sends neither gets broadcast, one `presence-update` per change, as always.
 
 use std::sync::Arc;
 
@@ -34,6 +38,41 @@ pub(super) struct HandshakeAuth {
     user_id: Option<String>,
     gender: Option<String>,
     tenant: Option<String>,
+    /// `"broadcast"` (the default) or `"subscriptions"`.
+    delivery: Option<serde_json::Value>,
+    /// Updates coalesced into `presence-updates` frames.
+    batch: Option<serde_json::Value>,
+}
+
+/// How a socket receives presence, chosen at its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Delivery {
+    /// Only the users it subscribed to (`presence:subscribe`), not everyone it may see.
+    pub(super) subscriptions: bool,
+    /// `presence-updates` frames, once per `PRESENCE_BATCH_MS`, instead of one
+    /// `presence-update` per change.
+    pub(super) batch: bool,
+}
+
+impl Delivery {
+    /// The delivery an `auth` asks for.
+    fn of(auth: &HandshakeAuth) -> Result<Self, HandshakeError> {
+        let subscriptions = match &auth.delivery {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::String(mode)) if mode == "broadcast" => false,
+            Some(serde_json::Value::String(mode)) if mode == "subscriptions" => true,
+            Some(other) => return Err(HandshakeError::BadDelivery(other.to_string())),
+        };
+        let batch = match &auth.batch {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(batch)) => *batch,
+            Some(other) => return Err(HandshakeError::BadBatch(other.to_string())),
+        };
+        Ok(Self {
+            subscriptions,
+            batch,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +91,10 @@ pub(super) enum HandshakeError {
     Unavailable,
     #[error("too many connections for this user (at most {0}): close one first")]
     TooManyConnections(u32),
+    #[error("auth.delivery must be \"broadcast\" or \"subscriptions\", got {0}")]
+    BadDelivery(String),
+    #[error("auth.batch must be true or false, got {0}")]
+    BadBatch(String),
 }
 
 impl HandshakeError {
@@ -71,6 +114,7 @@ impl HandshakeError {
             HandshakeError::InsecureDisabled => "insecure_disabled",
             HandshakeError::Unavailable => "unavailable",
             HandshakeError::TooManyConnections(_) => "too_many_connections",
+            HandshakeError::BadDelivery(_) | HandshakeError::BadBatch(_) => "bad_delivery",
         }
     }
 }
@@ -85,9 +129,13 @@ impl Authenticator {
             .verify(token)?)
     }
 
-    fn authenticate(&self, auth: Option<HandshakeAuth>) -> Result<Identity, HandshakeError> {
+    fn authenticate(
+        &self,
+        auth: Option<HandshakeAuth>,
+    ) -> Result<(Identity, Delivery), HandshakeError> {
         let auth = auth.ok_or(HandshakeError::BadPayload)?;
-        match (auth.token, auth.user_id) {
+        let delivery = Delivery::of(&auth)?;
+        let identity = match (auth.token, auth.user_id) {
             (Some(token), _) => Ok(self
                 .verifier
                 .as_ref()
@@ -100,7 +148,8 @@ impl Authenticator {
             )?),
             (None, Some(_)) => Err(HandshakeError::InsecureDisabled),
             (None, None) => Err(AuthError::Missing.into()),
-        }
+        }?;
+        Ok((identity, delivery))
     }
 }
 
@@ -134,9 +183,15 @@ async fn admit(
     s: &SocketRef,
     auth: Option<HandshakeAuth>,
 ) -> Result<(), HandshakeError> {
-    let identity = cx.auth.authenticate(auth)?;
-    let rooms = cx.audience_rooms(&identity);
-    let connection = Connection::new(s.id, identity, rooms);
+    let (identity, delivery) = cx.auth.authenticate(auth)?;
+    // A subscriptions socket joins no audience room: only its own, where the updates of the
+    // users it subscribed to are sent.
+    let rooms = if delivery.subscriptions {
+        std::sync::Arc::from(vec![s.id.to_string()])
+    } else {
+        cx.audience_rooms(&identity, delivery.batch)
+    };
+    let connection = Connection::new(s.id, identity, rooms, delivery);
     if !cx
         .local
         .admit_user(connection.key(), cx.max_connections_per_user)
@@ -162,6 +217,12 @@ async fn admit(
     }
     if let Some(exp) = connection.identity.expires_at {
         cx.expiry.track(connection.sid, exp);
+    }
+    if delivery.subscriptions {
+        cx.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register(s.id, id.tenant.clone(), id.class.clone(), delivery.batch);
     }
     s.join(connection.rooms.to_vec());
     super::handlers::install(&cx, s, &connection);

@@ -7,8 +7,15 @@
 //! stream, keeps the edge's [`view`] of everyone's presence current and emits each change to
 //! its one audience room. With a database, connected users are recorded in the user
 //! [`directory`].
+//!
+//! A socket may instead ask, at its handshake, for the users it subscribes to only
+//! ([`subscriptions`]) and for updates coalesced per window ([`batching`]); every frame and
+//! the acks of `presence:subscribe` and `presence:sync` carry a [`cursor`], with which a
+//! reconnecting client is told only what it missed.
 
+mod batching;
 mod connection;
+mod cursor;
 mod directory;
 mod expiry;
 mod fanout;
@@ -16,6 +23,7 @@ mod handlers;
 mod handshake;
 mod registry;
 mod request_head;
+mod subscriptions;
 mod view;
 pub(crate) mod visibility;
 
@@ -37,6 +45,7 @@ use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
 use crate::wire::Announcements;
 use directory::Directory;
 use expiry::TokenExpiry;
+use subscriptions::SubscriptionIndex;
 
 pub(crate) use handshake::Authenticator;
 pub(crate) use registry::LocalConnections;
@@ -52,6 +61,10 @@ pub(crate) struct PresenceSettings {
     pub(crate) socket_buffer: usize,
     /// Socket.io connections one user may have open on this edge.
     pub(crate) max_connections_per_user: u32,
+    /// Users one subscriptions socket may subscribe to.
+    pub(crate) max_subscriptions: usize,
+    /// How long a batch socket's window stays open.
+    pub(crate) batch_window: std::time::Duration,
     /// Where connected users are recorded, if anywhere.
     pub(crate) store: Option<Store>,
     /// Told of every change the view takes in.
@@ -82,20 +95,30 @@ struct SocketContext {
     expiry: Arc<TokenExpiry>,
     /// Socket.io connections one user may have open on this edge.
     max_connections_per_user: u32,
-    /// Audience rooms per (tenant, viewer class), computed once.
+    /// Audience rooms per (tenant, viewer class, batch), computed once.
     rooms: Mutex<AudienceRooms>,
+    /// Who subscribed to whom (subscriptions sockets).
+    subscriptions: Arc<Mutex<SubscriptionIndex>>,
 }
 
-/// The audience rooms of each (tenant, viewer class).
-type AudienceRooms = HashMap<(TenantId, ViewerClass), Arc<[String]>>;
+/// The audience rooms of each (tenant, viewer class, batch).
+type AudienceRooms = HashMap<(TenantId, ViewerClass, bool), Arc<[String]>>;
 
 impl SocketContext {
-    /// The audience rooms of a viewer, shared by every socket of its tenant and class.
-    fn audience_rooms(&self, id: &Identity) -> Arc<[String]> {
+    /// The audience rooms of a broadcast viewer, shared by every socket of its tenant and
+    /// class: the batch rooms of them if it takes `presence-updates` frames.
+    fn audience_rooms(&self, id: &Identity, batch: bool) -> Arc<[String]> {
         let mut cache = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .entry((id.tenant.clone(), id.class.clone()))
-            .or_insert_with(|| self.policy.rooms_of_viewer(&id.tenant, &id.class).into())
+            .entry((id.tenant.clone(), id.class.clone(), batch))
+            .or_insert_with(|| {
+                let rooms = self.policy.rooms_of_viewer(&id.tenant, &id.class);
+                if batch {
+                    rooms.iter().map(|r| visibility::batch_room(r)).collect()
+                } else {
+                    rooms.into()
+                }
+            })
             .clone()
     }
 }
@@ -127,6 +150,9 @@ impl Presence {
             .store
             .map(|store| Directory::start(store, tasks, shutdown.clone()));
         let expiry = Arc::new(TokenExpiry::default());
+        let subscriptions = Arc::new(Mutex::new(SubscriptionIndex::new(
+            settings.max_subscriptions,
+        )));
         {
             let (expiry, io, shutdown) = (expiry.clone(), io.clone(), shutdown.clone());
             tasks.spawn(async move { expiry.close_expired(io, shutdown).await });
@@ -145,6 +171,7 @@ impl Presence {
                 expiry,
                 max_connections_per_user: settings.max_connections_per_user,
                 rooms: Mutex::default(),
+                subscriptions: subscriptions.clone(),
             }),
         );
         tasks.spawn(
@@ -157,6 +184,9 @@ impl Presence {
                 local: local.clone(),
                 announcements: settings.announcements,
                 last_full_warning: Mutex::default(),
+                subscriptions,
+                policy: settings.policy.clone(),
+                batch_window: settings.batch_window,
             }
             .run(shutdown),
         );

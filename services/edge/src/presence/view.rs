@@ -4,8 +4,13 @@
 //! current by the fan-out. Its memory follows the users online: an offline user is kept in a
 //! bounded cache of the recently gone ([`GONE_CACHE`]); older ones are answered from
 //! PostgreSQL's projection when there is one (batched), else read as never seen.
+//!
+//! Every entry remembers the sequence of the online-stream message it came from (its *feed
+//! sequence*, the same on every edge), so a client that reconnects with a [`Cursor`] is told
+//! only what changed after it ([`PresenceView::changed_since`]), as long as the view still
+//! holds everything after that cursor (see `horizon`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::RwLock;
 
 use presence_events::{
@@ -14,6 +19,7 @@ use presence_events::{
 use presence_store::Store;
 
 use super::VisibilityPolicy;
+use super::cursor::Cursor;
 use crate::wire::{PresenceUpdate, TenantPresence};
 
 /// Offline users kept in memory (the most recently gone): about 2.5 MB.
@@ -27,6 +33,8 @@ struct Entry {
     last_seen: Option<Millis>,
     details: Option<Details>,
     seq: u64,
+    /// Sequence of the online-stream message this entry came from.
+    feed: u64,
 }
 
 impl Entry {
@@ -50,6 +58,16 @@ struct Known {
     /// Who went offline, oldest first, with the sequence of that change (an entry replaced
     /// since is not evicted by its old place in the queue).
     gone_order: VecDeque<(UserKey, u64)>,
+    /// Every entry held, by feed sequence: what changed after a cursor, without a scan.
+    by_feed: BTreeMap<u64, UserKey>,
+    /// The view holds every change after this feed sequence: raised to the last message of
+    /// the initial load once complete (messages that expired before it are unknown), and
+    /// past every entry evicted from the cache of the recently gone.
+    horizon: u64,
+    /// The newest feed sequence taken in.
+    latest: u64,
+    /// Whether the initial load is complete (a resubscription later misses nothing).
+    completed: bool,
 }
 
 impl Known {
@@ -84,9 +102,9 @@ impl PresenceView {
         }
     }
 
-    /// Takes in a change; returns `false` (and changes nothing) if it is not newer than what
-    /// is known, as after a resubscription.
-    pub(crate) fn apply(&self, change: &PresenceChange) -> bool {
+    /// Takes in a change, read at `feed` in the online stream; returns `false` (and changes
+    /// nothing) if it is not newer than what is known, as after a resubscription.
+    pub(crate) fn apply(&self, change: &PresenceChange, feed: u64) -> bool {
         let key = UserKey {
             tenant: change.tenant.clone(),
             user: change.user.clone(),
@@ -102,7 +120,13 @@ impl PresenceView {
             last_seen: change.last_seen,
             details: change.details.clone(),
             seq: change.seq,
+            feed,
         };
+        known.latest = known.latest.max(feed);
+        if let Some(before) = known.get(&key).map(|e| e.feed) {
+            known.by_feed.remove(&before);
+        }
+        known.by_feed.insert(feed, key.clone());
         if change.online {
             known.gone.remove(&key);
             known.online.insert(key, entry);
@@ -114,8 +138,12 @@ impl PresenceView {
                 let Some((oldest, seq)) = known.gone_order.pop_front() else {
                     break;
                 };
-                if known.gone.get(&oldest).is_some_and(|e| e.seq == seq) {
-                    known.gone.remove(&oldest);
+                if known.gone.get(&oldest).is_some_and(|e| e.seq == seq)
+                    && let Some(evicted) = known.gone.remove(&oldest)
+                {
+                    // A cursor before this change can no longer be answered from here.
+                    known.by_feed.remove(&evicted.feed);
+                    known.horizon = known.horizon.max(evicted.feed);
                 }
             }
             // Stale places (users back online, or gone again since) are dropped as they
@@ -130,6 +158,60 @@ impl PresenceView {
             known.online.shrink_to(2 * len);
         }
         true
+    }
+
+    /// The view is complete (its initial load taken in): it holds every change after the
+    /// newest message read so far, not the ones that expired from the stream before. Only the
+    /// first call counts: a resubscription resumes right after the last message taken in.
+    pub(crate) fn complete(&self) {
+        let mut known = self.users.write().unwrap_or_else(|e| e.into_inner());
+        if !known.completed {
+            known.completed = true;
+            known.horizon = known.horizon.max(known.latest);
+        }
+    }
+
+    /// A cursor at the newest change taken in.
+    pub(crate) fn cursor(&self) -> Cursor {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        Cursor(known.latest)
+    }
+
+    /// Cursors at or after this are answered with what changed since them.
+    #[cfg(test)]
+    pub(crate) fn horizon(&self) -> Cursor {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        Cursor(known.horizon)
+    }
+
+    /// The users of `tenant` (among `only`, if given) a viewer of class `viewer` may see whose
+    /// presence changed after `since`, with the cursor the answer brings the client to; `None`
+    /// if the view no longer holds everything after `since` (the client must take the full
+    /// state). Users the viewer may not see are left out.
+    pub(crate) fn changed_since(
+        &self,
+        policy: &VisibilityPolicy,
+        viewer: &ViewerClass,
+        tenant: &TenantId,
+        only: Option<&dyn Fn(&UserId) -> bool>,
+        since: Cursor,
+    ) -> Option<(Vec<PresenceUpdate>, Cursor)> {
+        let known = self.users.read().unwrap_or_else(|e| e.into_inner());
+        if since.0 < known.horizon {
+            return None;
+        }
+        let changed = known
+            .by_feed
+            .range(since.0.saturating_add(1)..)
+            .filter(|(_, key)| &key.tenant == tenant && only.is_none_or(|wanted| wanted(&key.user)))
+            .filter_map(|(_, key)| {
+                let entry = known.get(key)?;
+                policy
+                    .can_see(viewer, &entry.class)
+                    .then(|| entry.presence_of(key.user.clone()))
+            })
+            .collect();
+        Some((changed, Cursor(known.latest)))
     }
 
     /// Users held: (online, recently gone).
@@ -295,6 +377,12 @@ mod tests {
 
     use super::*;
 
+    /// Feed sequences in the order the test takes changes in.
+    fn next_feed() -> u64 {
+        static FEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        FEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn change(user: &str, class: &str, online: bool, seq: u64) -> PresenceChange {
         PresenceChange {
             v: SCHEMA_VERSION,
@@ -319,16 +407,16 @@ mod tests {
     #[test]
     fn older_changes_never_overwrite_newer_ones() {
         let view = PresenceView::default();
-        assert!(view.apply(&change("ayse", "female", false, 5)));
-        assert!(!view.apply(&change("ayse", "female", true, 4)));
+        assert!(view.apply(&change("ayse", "female", false, 5), next_feed()));
+        assert!(!view.apply(&change("ayse", "female", true, 4), next_feed()));
         assert!(view.online_users_with_status().is_empty());
     }
 
     #[tokio::test]
     async fn queries_apply_visibility_and_hide_what_a_viewer_may_not_see() {
         let view = PresenceView::default();
-        view.apply(&change("ali", "male", true, 1));
-        view.apply(&change("ayse", "female", true, 2));
+        view.apply(&change("ali", "male", true, 1), next_feed());
+        view.apply(&change("ayse", "female", true, 2), next_feed());
         let policy = VisibilityPolicy::default();
         let ask = async |viewer: &str| {
             view.presence_for(
@@ -353,7 +441,7 @@ mod tests {
     #[tokio::test]
     async fn tenants_do_not_see_each_other() {
         let view = PresenceView::default();
-        view.apply(&change("ayse", "female", true, 1));
+        view.apply(&change("ayse", "female", true, 1), next_feed());
         let other_tenant = TenantId::parse("shop-1").unwrap();
         let answer = view
             .presence_for(
@@ -371,8 +459,8 @@ mod tests {
         let view = PresenceView::new(None, 2);
         for (i, user) in ["a", "b", "c"].iter().enumerate() {
             let seq = i as u64 * 2 + 1;
-            view.apply(&change(user, "female", true, seq));
-            view.apply(&change(user, "female", false, seq + 1));
+            view.apply(&change(user, "female", true, seq), next_feed());
+            view.apply(&change(user, "female", false, seq + 1), next_feed());
         }
         assert_eq!(view.held(), (0, 2));
         let answers = view
@@ -390,9 +478,111 @@ mod tests {
         // The oldest gone ("a") was evicted; "b" and "c" still have their lastSeen.
         assert_eq!(last_seen, [false, true, true]);
         // Coming back moves a user out of the cache; an old change cannot undo that.
-        view.apply(&change("b", "female", true, 10));
+        view.apply(&change("b", "female", true, 10), next_feed());
         assert_eq!(view.held(), (1, 1));
-        assert!(!view.apply(&change("b", "female", false, 4)));
+        assert!(!view.apply(&change("b", "female", false, 4), next_feed()));
         assert!(view.is_online(&TenantId::default_tenant(), &UserId::parse("b").unwrap()));
+    }
+
+    fn ids(updates: &[PresenceUpdate]) -> Vec<(String, bool)> {
+        updates
+            .iter()
+            .map(|u| (u.user_id.as_str().to_owned(), u.online))
+            .collect()
+    }
+
+    #[test]
+    fn a_cursor_answers_exactly_the_users_changed_after_it_once_each_with_their_latest_state() {
+        let view = PresenceView::new(None, 100);
+        let policy = VisibilityPolicy::default();
+        let (tenant, female) = (
+            TenantId::default_tenant(),
+            ViewerClass::from_gender(Some("female")),
+        );
+        view.apply(&change("ali", "male", true, 1), 10);
+        view.apply(&change("ayse", "female", true, 2), 11);
+        view.complete();
+        let cursor = view.cursor();
+        assert_eq!(cursor, Cursor(11));
+        let since = |c: Cursor| view.changed_since(&policy, &female, &tenant, None, c);
+        assert_eq!(
+            since(cursor).map(|(u, c)| (ids(&u), c)),
+            Some((vec![], Cursor(11)))
+        );
+        // After the cursor: ali left and came back, ayse left, can joined.
+        view.apply(&change("ali", "male", false, 3), 12);
+        view.apply(&change("ayse", "female", false, 4), 13);
+        view.apply(&change("can", "male", true, 5), 14);
+        view.apply(&change("ali", "male", true, 6), 15);
+        let (changed, to) = since(cursor).unwrap();
+        assert_eq!(
+            ids(&changed),
+            [
+                ("ayse".into(), false),
+                ("can".into(), true),
+                ("ali".into(), true)
+            ],
+            "in feed order, each once, latest state"
+        );
+        assert_eq!(to, Cursor(15));
+        assert_eq!(ids(&since(Cursor(14)).unwrap().0), [("ali".into(), true)]);
+        // A male viewer may only see women: the men's changes are not his to hear of.
+        let male = ViewerClass::from_gender(Some("male"));
+        let (seen, _) = view
+            .changed_since(&policy, &male, &tenant, None, cursor)
+            .unwrap();
+        assert_eq!(ids(&seen), [("ayse".into(), false)]);
+        // Restricted to a subscribed set.
+        let only_can = |u: &UserId| u.as_str() == "can";
+        let (subscribed, _) = view
+            .changed_since(&policy, &female, &tenant, Some(&only_can), cursor)
+            .unwrap();
+        assert_eq!(ids(&subscribed), [("can".into(), true)]);
+        // Another tenant hears nothing of these.
+        let other = TenantId::parse("shop-1").unwrap();
+        assert!(
+            view.changed_since(&policy, &female, &other, None, cursor)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_cursor_from_before_the_view_was_complete_or_before_an_eviction_asks_for_the_full_state() {
+        let view = PresenceView::new(None, 1);
+        let policy = VisibilityPolicy::default();
+        let (tenant, other) = (TenantId::default_tenant(), ViewerClass::other());
+        view.apply(&change("a", "female", true, 1), 20);
+        view.complete();
+        view.apply(&change("z", "female", true, 9), 30);
+        view.complete();
+        assert_eq!(
+            view.horizon(),
+            Cursor(20),
+            "a resubscription's catch-up misses nothing"
+        );
+        // Changes that expired from the stream before the load are unknown to it.
+        assert!(
+            view.changed_since(&policy, &other, &tenant, None, Cursor(19))
+                .is_none()
+        );
+        assert!(
+            view.changed_since(&policy, &other, &tenant, None, Cursor(20))
+                .is_some()
+        );
+        view.apply(&change("a", "female", false, 2), 21);
+        view.apply(&change("b", "female", true, 3), 22);
+        view.apply(&change("b", "female", false, 4), 23);
+        // "a" was evicted from the cache of one: a cursor before its departure cannot tell.
+        assert_eq!(view.horizon(), Cursor(21));
+        assert!(
+            view.changed_since(&policy, &other, &tenant, None, Cursor(20))
+                .is_none()
+        );
+        let (changed, _) = view
+            .changed_since(&policy, &other, &tenant, None, Cursor(21))
+            .unwrap();
+        assert_eq!(ids(&changed), [("b".into(), false), ("z".into(), true)]);
     }
 }

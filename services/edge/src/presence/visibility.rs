@@ -109,6 +109,12 @@ pub fn audience_room(tenant: &TenantId, target: &ViewerClass) -> String {
     format!("{tenant}/sees-{target}")
 }
 
+/// The room of the batch sockets (`auth: {batch: true}`) allowed to see the users of
+/// `audience`: their changes reach it in `presence-updates` frames, once per window.
+pub fn batch_room(audience: &str) -> String {
+    format!("{audience}/batch")
+}
+
 impl Default for VisibilityPolicy {
     fn default() -> Self {
         // The default table is a constant known to parse.

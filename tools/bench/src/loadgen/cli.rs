@@ -131,6 +131,20 @@ pub(crate) struct LoadArgs {
     /// A connection not established within this long counts as failed, ms.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) connect_timeout_ms: u64,
+
+    /// How the simulated users' sockets receive presence (`auth.delivery`): `broadcast`
+    /// (every user they may see) or `subscriptions` (only the ones in --subscribe).
+    #[arg(long, default_value = "broadcast", value_parser = ["broadcast", "subscriptions"])]
+    pub(crate) delivery: String,
+
+    /// Users' sockets take `presence-updates` frames (`auth.batch: true`).
+    #[arg(long)]
+    pub(crate) batch: bool,
+
+    /// Subscriptions delivery: users each socket subscribes to (`presence:subscribe`),
+    /// chosen at random among the simulated users.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) subscribe: u32,
 }
 
 impl LoadArgs {
@@ -164,10 +178,15 @@ impl LoadArgs {
             ("--http-users", self.http_users.to_string()),
             ("--customers", self.customers.to_string()),
             ("--connect-timeout-ms", self.connect_timeout_ms.to_string()),
+            ("--delivery", self.delivery.clone()),
+            ("--subscribe", self.subscribe.to_string()),
         ];
         for (flag, value) in pairs {
             args.push(flag.to_owned());
             args.push(value);
+        }
+        if self.batch {
+            args.push("--batch".to_owned());
         }
         args
     }

@@ -159,6 +159,11 @@ pub(crate) struct HoldCounters {
     /// From before the ramp to the end of the drain: where a ramp's fan-out is.
     pub(crate) run_fanout_deliveries: Option<f64>,
     pub(crate) run_deliveries_per_cpu_second: Option<f64>,
+    /// Frames (`presence-update`, `presence-updates`) handed to sockets over the hold.
+    pub(crate) fanout_frames: f64,
+    pub(crate) frames_per_cpu_second: Option<f64>,
+    pub(crate) run_fanout_frames: Option<f64>,
+    pub(crate) run_frames_per_cpu_second: Option<f64>,
 }
 
 pub(crate) fn round(x: f64, digits: i32) -> f64 {
@@ -352,14 +357,16 @@ pub(crate) fn counters<'a>(
             .position(|p| p.name == m.name)
             .map(|i| &processes[i]);
         let cpu = process.and_then(|p| p.cpu_seconds_hold);
+        let frames = delta(probes::COUNTERS[4]);
         // The whole run (ramp, hold, close, drain): where a ramp's fan-out is.
-        let run_deliveries = match (get(&readings.start), get(&readings.end)) {
-            (Some(Ok(a)), Some(Ok(b))) => Some(
-                b.get(probes::COUNTERS[2]).copied().unwrap_or(0.0)
-                    - a.get(probes::COUNTERS[2]).copied().unwrap_or(0.0),
-            ),
+        let run_delta = |name: &str| match (get(&readings.start), get(&readings.end)) {
+            (Some(Ok(a)), Some(Ok(b))) => {
+                Some(b.get(name).copied().unwrap_or(0.0) - a.get(name).copied().unwrap_or(0.0))
+            }
             _ => None,
         };
+        let run_deliveries = run_delta(probes::COUNTERS[2]);
+        let run_frames = run_delta(probes::COUNTERS[4]);
         let run_cpu = process.and_then(|p| p.cpu_seconds_total);
         let per_sec = |n: f64, digits| round(n / hold_s.max(1e-9), digits);
         counters.insert(
@@ -379,6 +386,12 @@ pub(crate) fn counters<'a>(
                 run_deliveries_per_cpu_second: run_deliveries
                     .zip(run_cpu.filter(|c| *c > 0.0))
                     .map(|(d, c)| round(d / c, 0)),
+                fanout_frames: frames,
+                frames_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| round(frames / c, 0)),
+                run_fanout_frames: run_frames,
+                run_frames_per_cpu_second: run_frames
+                    .zip(run_cpu.filter(|c| *c > 0.0))
+                    .map(|(f, c)| round(f / c, 0)),
             }),
         );
     }

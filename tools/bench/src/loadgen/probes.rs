@@ -51,11 +51,12 @@ pub(crate) fn sample(pid: &str, ticks: f64) -> ProcSample {
 }
 
 /// The counters (and the connection gauge, last) read from one `/metrics` endpoint.
-pub(crate) const COUNTERS: [&str; 4] = [
+pub(crate) const COUNTERS: [&str; 5] = [
     "presence_events_published_total",
     "presence_heartbeats_received_total",
     "presence_fanout_deliveries_total",
     "presence_connections",
+    "presence_fanout_frames_total",
 ];
 
 /// Each of [`COUNTERS`] of one `/metrics` endpoint, or why they could not be read.

@@ -267,12 +267,13 @@ pub(crate) fn table(f: &Figures) -> String {
             &mut s,
             &format!("counters {name}"),
             format!(
-                "over {} s: JetStream publishes {}/s · heartbeats {}/s · deliveries {}/s · {} deliveries per CPU-second",
+                "over {} s: JetStream publishes {}/s · heartbeats {}/s · deliveries {}/s · {} deliveries and {} frames per CPU-second",
                 num(k.seconds, 1),
                 num(k.events_published_per_sec, 2),
                 num(k.heartbeats_received_per_sec, 1),
                 num(k.fanout_deliveries_per_sec, 0),
                 num(k.deliveries_per_cpu_second, 0),
+                num(k.frames_per_cpu_second, 0),
             ),
         );
         if k.run_fanout_deliveries.is_some_and(|d| d > 0.0) {
@@ -280,9 +281,11 @@ pub(crate) fn table(f: &Figures) -> String {
                 &mut s,
                 "",
                 format!(
-                    "whole run: {} deliveries · {} deliveries per CPU-second",
+                    "whole run: {} deliveries in {} frames · {} deliveries and {} frames per CPU-second",
                     num(k.run_fanout_deliveries, 0),
+                    num(k.run_fanout_frames, 0),
                     num(k.run_deliveries_per_cpu_second, 0),
+                    num(k.run_frames_per_cpu_second, 0),
                 ),
             );
         }

@@ -77,6 +77,11 @@ struct Shared {
     /// Ramp items not yet attempted; `ramped` is notified when it reaches zero.
     ramp_left: AtomicUsize,
     ramped: Notify,
+    /// What the users' handshakes ask for besides the token (`delivery`, `batch`).
+    delivery: serde_json::Map<String, Value>,
+    /// Subscriptions delivery: users each socket subscribes to, among `users`.
+    subscribe: u32,
+    users: u32,
 }
 
 impl Shared {
@@ -157,11 +162,16 @@ impl Shared {
             events: Events::Discard,
             read_buffer_size: Some(READ_BUFFER),
         };
-        let attempt = SioClient::connect_with(self.edge(c), json!({ "token": token }), options);
+        let mut auth = self.delivery.clone();
+        auth.insert("token".into(), json!(token));
+        let attempt = SioClient::connect_with(self.edge(c), Value::Object(auth), options);
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(client)) => {
                 record.connected_us = now_us();
                 self.opened(SIO);
+                if self.subscribe > 0 {
+                    self.subscribe(u, c, &client).await;
+                }
                 (record, Some(client))
             }
             Ok(Err(e)) => {
@@ -172,6 +182,32 @@ impl Shared {
                 self.failed(SIO, "timeout".into());
                 (record, None)
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Subscribes connection `c` of user `u` to `subscribe` users chosen at random (the same
+    /// ones on every run of the same size).
+    async fn subscribe(&self, u: u32, c: u64, client: &SioClient) {
+        let mut rng = Rng::new(mix((u64::from(u) << 20) | c));
+        let ids: Vec<String> = (0..self.subscribe)
+            .map(|_| {
+                self.pop
+                    .user_id(rng.below(self.users.max(1) as usize) as u32)
+            })
+            .collect();
+        let ack = client
+            .emit_with_ack(
+                "presence:subscribe",
+                json!({ "userIds": ids }),
+                self.connect_timeout,
+            )
+            .await;
+        match ack {
+            Ok(a) if a["ok"] == true => {}
+            Ok(a) => self.failed(SIO, format!("presence:subscribe: {}", a["error"])),
+            Err(e) => self.failed(SIO, format!("presence:subscribe: {}", sio_reason(&e))),
         }
     }
 }
@@ -233,6 +269,22 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         http_beat_failures: AtomicU64::new(0),
         ramp_left: AtomicUsize::new(ramp_items),
         ramped: Notify::new(),
+        delivery: {
+            let mut auth = serde_json::Map::new();
+            if load.delivery != "broadcast" {
+                auth.insert("delivery".into(), json!(load.delivery));
+            }
+            if load.batch {
+                auth.insert("batch".into(), json!(true));
+            }
+            auth
+        },
+        subscribe: if load.delivery == "subscriptions" {
+            load.subscribe
+        } else {
+            0
+        },
+        users: load.users,
     });
 
     say(&FromWorker::Ready)?;
