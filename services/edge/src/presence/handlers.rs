@@ -297,24 +297,14 @@ impl SocketContext {
                 }
             }
         };
-        let id = &sn.identity;
         if let Some(since) = since {
-            let set: HashSet<UserId> = subscribed.iter().cloned().collect();
-            let only = |u: &UserId| set.contains(u);
-            if let Some((changed, to)) =
-                self.view
-                    .changed_since(&self.policy, &id.class, &id.tenant, Some(&only), since)
-            {
-                return Ack::presence_at(changed, to.to_string(), false);
+            if let Some(changes) = self.changes_since(sn, Some(&subscribed), since) {
+                return changes;
             }
-            metrics::counter!("presence_sync_full_total", "reason" => "cursor_too_old")
-                .increment(1);
-            let full = self
-                .view
-                .presence_for(&self.policy, &id.class, &id.tenant, subscribed)
-                .await;
+            let full = self.full_state(sn, Some(subscribed)).await;
             return Ack::presence_at(full, cursor.to_string(), true);
         }
+        let id = &sn.identity;
         let presence = self
             .view
             .presence_for(&self.policy, &id.class, &id.tenant, named)
@@ -340,27 +330,52 @@ impl SocketContext {
             Err(e) => return refuse(EVENT, "bad_cursor", e.to_string()),
         };
         let cursor = self.view.cursor();
-        let id = &sn.identity;
         let subscribed: Option<Vec<UserId>> = sn.delivery.subscriptions.then(|| {
             self.subscriptions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .subscribed(sn.sid)
         });
-        if let Some(since) = since {
-            let set: Option<HashSet<UserId>> =
-                subscribed.as_ref().map(|s| s.iter().cloned().collect());
-            let only = |u: &UserId| set.as_ref().is_none_or(|set| set.contains(u));
-            if let Some((changed, to)) =
-                self.view
-                    .changed_since(&self.policy, &id.class, &id.tenant, Some(&only), since)
-            {
-                return Ack::presence_at(changed, to.to_string(), false);
-            }
+        if let Some(since) = since
+            && let Some(changes) = self.changes_since(sn, subscribed.as_deref(), since)
+        {
+            return changes;
+        }
+        let full = self.full_state(sn, subscribed).await;
+        Ack::presence_at(full, cursor.to_string(), true)
+    }
+
+    /// The users this socket hears of (every one it may see, or only `subscribed`) whose
+    /// presence changed after `since`, as an ack; `None` (counted) if the view cannot answer
+    /// for a cursor that old, and the caller answers with the whole state.
+    fn changes_since(
+        &self,
+        sn: &Connection,
+        subscribed: Option<&[UserId]>,
+        since: Cursor,
+    ) -> Option<Ack> {
+        let id = &sn.identity;
+        let set: Option<HashSet<&UserId>> = subscribed.map(|users| users.iter().collect());
+        let only = |u: &UserId| set.as_ref().is_none_or(|set| set.contains(u));
+        let answer =
+            self.view
+                .changed_since(&self.policy, &id.class, &id.tenant, Some(&only), since);
+        if answer.is_none() {
             metrics::counter!("presence_sync_full_total", "reason" => "cursor_too_old")
                 .increment(1);
         }
-        let full: Vec<PresenceUpdate> = match subscribed {
+        answer.map(|(changed, to)| Ack::presence_at(changed, to.to_string(), false))
+    }
+
+    /// The whole state this socket hears of: every subscribed user, or every user online it
+    /// may see.
+    async fn full_state(
+        &self,
+        sn: &Connection,
+        subscribed: Option<Vec<UserId>>,
+    ) -> Vec<PresenceUpdate> {
+        let id = &sn.identity;
+        match subscribed {
             Some(users) => {
                 self.view
                     .presence_for(&self.policy, &id.class, &id.tenant, users)
@@ -369,8 +384,7 @@ impl SocketContext {
             None => self
                 .view
                 .online_visible(&self.policy, &id.class, &id.tenant, None, usize::MAX),
-        };
-        Ack::presence_at(full, cursor.to_string(), true)
+        }
     }
 
     /// A fresh token for the same user: the connection lives until its `exp`.
