@@ -17,7 +17,7 @@ use socketioxide::socket::DisconnectReason;
 use super::SocketContext;
 use super::connection::Connection;
 use super::cursor::Cursor;
-use super::subscriptions::SetChange;
+use super::subscriptions::{SetChange, SubscriptionIndex};
 use crate::wire::{PresenceUpdate, SocketAck as Ack};
 
 /// Most users one `presence:query` may ask about.
@@ -43,6 +43,13 @@ struct SubscribeRequest {
 #[derive(Debug, Deserialize)]
 struct SyncRequest {
     since: Option<serde_json::Value>,
+}
+
+/// `presence_subscriptions`: the subscriptions sockets of this edge and what they hold.
+fn report_subscriptions(index: &SubscriptionIndex) {
+    let (sockets, held) = index.counts();
+    metrics::gauge!("presence_subscriptions", "kind" => "sockets").set(sockets as f64);
+    metrics::gauge!("presence_subscriptions", "kind" => "held").set(held as f64);
 }
 
 /// The user ids of `field`, or the error of the first that is not one.
@@ -285,9 +292,7 @@ impl SocketContext {
         let (named, subscribed) = {
             let mut index = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
             let updated = index.update(sn.sid, change);
-            let (sockets, held) = index.counts();
-            metrics::gauge!("presence_subscriptions", "kind" => "sockets").set(sockets as f64);
-            metrics::gauge!("presence_subscriptions", "kind" => "held").set(held as f64);
+            report_subscriptions(&index);
             match updated {
                 Ok(named) => (named, index.subscribed(sn.sid)),
                 Err(too_many) => {
@@ -415,9 +420,7 @@ impl SocketContext {
         if sn.delivery.subscriptions {
             let mut index = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
             index.drop_socket(sn.sid);
-            let (sockets, held) = index.counts();
-            metrics::gauge!("presence_subscriptions", "kind" => "sockets").set(sockets as f64);
-            metrics::gauge!("presence_subscriptions", "kind" => "held").set(held as f64);
+            report_subscriptions(&index);
         }
         self.local.release_user(&sn.key());
         if sn.close() {
