@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-delivery bench-capacity bench-aggregator bench-partitions bench-failover bench-persister bench-history chaos check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-delivery bench-capacity bench-aggregator bench-partitions bench-idle bench-failover bench-persister bench-history chaos check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -72,6 +72,10 @@ bench-aggregator: ## heartbeats/s folded by the aggregator from a pre-filled str
 bench-partitions: ## the cost of partitioning: 10,000 heartbeating connections on 1 and on 4 partitions (edge and aggregator CPU)
 	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh partitions
+
+bench-idle: ## idle cost: 10k and 19k heartbeating connections, 60 s steady (CPU per heartbeat of edge, aggregator, NATS; RSS per connection); PRESENCE_PREV_BIN=<previous build> adds it side by side
+	$(CARGO) build --release -p presence -p presence-bench
+	scripts/with-services.sh scripts/bench.sh idle
 
 bench-failover: ## failover time over 20 SIGKILLs of the busiest of 3 aggregators (p50 / max)
 	$(CARGO) build --release -p presence -p presence-bench

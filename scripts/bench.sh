@@ -18,6 +18,11 @@
 #                                        log: only the aggregator/replay and persister runs
 #                                        partitions: the cost of partitioning: 10k connections
 #                                          heartbeating on a cluster of 1 and of 4 partitions
+#                                        idle: idle cost: 10k and 19k connections heartbeating,
+#                                          no churn, 60 s steady; CPU per heartbeat of the edge,
+#                                          the aggregator and NATS, RSS per connection; side by
+#                                          side with PRESENCE_PREV_BIN (a previous release
+#                                          build) when it is given
 # EDGE_ENV: extra environment for the edges (e.g. EDGE_ENV=TOKIO_WORKER_THREADS=1).
 # Needs release builds (make bench builds them) and nats-server / PostgreSQL (started by
 # scripts/with-services.sh, which runs this script).
@@ -55,7 +60,7 @@ start() {
   http=$(free_port); admin=$(free_port)
   env "${role_env[@]}" PRESENCE_HTTP_ADDR=127.0.0.1:$http PRESENCE_ADMIN_ADDR=127.0.0.1:$admin \
     PRESENCE_NODE_ID="$name" "$@" \
-    sh -c 'ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"' "$bin/presence" "$role" \
+    sh -c 'ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"' "${presence_bin:-$bin/presence}" "$role" \
     > "$out/$name.log" 2>&1 &
   started_pid=$!
   pids+=("$started_pid")
@@ -195,6 +200,27 @@ partition_runs() {
   done
 }
 
+# --- idle cost: heartbeating connections, nothing else ----------------------------------
+idle_runs() {
+  # Male users only (their changes reach just the observers), no churn, 60 s steady; each
+  # size on the previous build and on this one, one after the other in the same run.
+  local users variant nats_pid
+  nats_pid=$(pgrep -n -x nats-server || true)
+  local variants=(current)
+  [[ -n ${PRESENCE_PREV_BIN:-} ]] && variants=(previous current)
+  for users in 10000 19000; do
+    for variant in "${variants[@]}"; do
+      if [[ $variant == previous ]]; then presence_bin=$PRESENCE_PREV_BIN; else presence_bin=; fi
+      cluster 1
+      [[ -n $nats_pid ]] && probes+=(--proc "nats=$nats_pid")
+      load "idle-$variant-$users" "$users" --female-percent 0 --ramp-per-sec 1000 --hold-secs 60
+      stop_all
+    done
+  done
+  presence_bin=
+  python3 scripts/idle_table.py "$out" "${variants[@]}"
+}
+
 # --- aggregator and replay, persister ---------------------------------------------------
 log_runs() {
   echo
@@ -221,8 +247,8 @@ history_runs() {
 }
 
 case $size in
-  quick) standalone_runs; cluster_runs; fanout_run; delivery_runs; partition_runs; log_runs ;;
-  full) standalone_runs; cluster_runs; fanout_run; delivery_runs; partition_runs; capacity_runs; largest_runs; log_runs; history_runs ;;
+  quick) standalone_runs; cluster_runs; fanout_run; delivery_runs; partition_runs; idle_runs; log_runs ;;
+  full) standalone_runs; cluster_runs; fanout_run; delivery_runs; partition_runs; idle_runs; capacity_runs; largest_runs; log_runs; history_runs ;;
   history) history_runs ;;
   capacity) capacity_runs ;;
   largest) largest_runs ;;
@@ -231,5 +257,6 @@ case $size in
   fanout) fanout_run ;;
   delivery) delivery_runs ;;
   partitions) partition_runs ;;
+  idle) idle_runs ;;
   *) echo "usage: $0 [quick|full|churn|fanout|delivery|capacity|largest|log|partitions|history]" >&2; exit 2 ;;
 esac

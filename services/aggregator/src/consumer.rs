@@ -583,8 +583,11 @@ fn record_stats(state: &PresenceState, partition: &str) {
     metrics::gauge!("presence_folded_sequence", "partition" => p.clone())
         .set(state.last_seq() as f64);
     // The fold counts them (and keeps the count in its snapshot): the counter follows it.
-    metrics::counter!("presence_swept_connections_total", "partition" => p)
+    metrics::counter!("presence_swept_connections_total", "partition" => p.clone())
         .absolute(stats.total_swepts);
+    metrics::counter!("presence_edges_lost_total", "partition" => p.clone())
+        .absolute(stats.edges_lost);
+    metrics::gauge!("presence_edge_leases", "partition" => p).set(state.edge_leases() as f64);
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 mod consumer;
 mod coordinator;
+mod edges;
 mod event_time;
 mod leases;
 mod metric_families;

@@ -50,6 +50,10 @@ pub(crate) fn register(partitions: Partitions) {
         "Connections closed by a sweep for silence",
     );
     zero_counter(
+        "presence_edges_lost_total",
+        "Edges whose lease ran out or whose process restarted; their connections were swept at once",
+    );
+    zero_counter(
         "presence_active_users_unlabelled_ticks_total",
         "Metrics ticks of customers beyond the first 100",
     );
@@ -102,6 +106,10 @@ pub(crate) fn register(partitions: Partitions) {
     describe_gauge!(
         "presence_lease_epoch",
         "Lease epoch of a partition held here"
+    );
+    describe_gauge!(
+        "presence_edge_leases",
+        "Edges holding a lease in a partition folded here"
     );
     describe_gauge!(
         "presence_fold_users",

@@ -14,15 +14,20 @@
 //!   becomes silent for the timeout, so a tick appended then sweeps it on time;
 //! - with a retention set, a user offline for that long (event time) is forgotten at the next
 //!   tick: the fold's memory and its snapshot hold the online and the recently gone, not
-//!   everyone ever seen. A forgotten user who comes back joins like a new one.
+//!   everyone ever seen. A forgotten user who comes back joins like a new one;
+//! - every connection is known by the edge that opened it: when that edge's lease runs out
+//!   (see [`crate::edges`]) all of them are swept at once, at the first event past the lease;
+//!   like any swept connection, one whose edge was only cut off comes back with its next beat.
 
 use std::collections::{HashMap, VecDeque};
 
 use presence_events::{
-    BeatEntry, Cause, ConnId, Details, Event, EventBody, Millis, PresenceChange, PresenceStats,
-    SCHEMA_VERSION, SetStatus, Status, TenantId, UserId, UserKey, ViewerClass,
+    BeatEntry, Cause, ConnId, Details, Event, EventBody, Millis, NodeId, PresenceChange,
+    PresenceStats, SCHEMA_VERSION, SetStatus, Status, TenantId, UserId, UserKey, ViewerClass,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::edges::{EdgeIndex, Edges, NO_EDGE};
 
 /// A user's presence as the fold knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +55,13 @@ impl UserPresence {
 struct Conn {
     key: UserKey,
     last_beat: Millis,
+    /// The edge that opened it.
+    #[serde(default = "no_edge")]
+    edge: EdgeIndex,
+}
+
+fn no_edge() -> EdgeIndex {
+    NO_EDGE
 }
 
 /// Presence of every user, folded from the event log.
@@ -91,12 +103,23 @@ pub struct PresenceState {
     /// hands the freed memory back to the system (see `release`). Not part of the state.
     #[serde(skip)]
     released: bool,
+    /// The edges that opened the connections, and their leases.
+    #[serde(default)]
+    edges: Edges,
 }
 
 /// Builds the change for `key` in one place so every cause reports the same fields.
 struct ChangeContext {
     seq: u64,
     at: Millis,
+}
+
+/// A sign of life of connection `conn`, written by `node`.
+struct Opened<'a> {
+    conn: &'a ConnId,
+    node: &'a NodeId,
+    at: Millis,
+    cause: Cause,
 }
 
 impl ChangeContext {
@@ -136,6 +159,7 @@ impl PresenceState {
             gone: VecDeque::new(),
             offline_retention_ms: None,
             released: false,
+            edges: Edges::default(),
         }
     }
 
@@ -212,10 +236,20 @@ impl PresenceState {
         self.last_at
     }
 
-    /// When the next connection may go silent for the heartbeat timeout (event time): a tick
-    /// at or after it sweeps that connection. `None` while nobody is connected.
+    /// When the fold next needs a clock tick (event time): the next connection may go silent
+    /// for the heartbeat timeout, an edge's lease runs out, or a partition with leases has
+    /// been quiet long enough. `None` while nobody is connected and no edge holds a lease.
     pub fn next_sweep_due(&self) -> Option<Millis> {
-        self.next_sweep_due
+        let leases = self.edges.next_due(self.folded_at);
+        match (self.next_sweep_due, leases) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Edges holding a lease in this partition.
+    pub fn edge_leases(&self) -> usize {
+        self.edges.held()
     }
 
     /// Cluster-wide figures.
@@ -243,9 +277,21 @@ impl PresenceState {
             return Vec::new();
         }
         self.last_seq = seq;
+        let gap = match self.folded_at {
+            Millis(0) => 0,
+            folded_at => event.at.since(folded_at),
+        };
         self.forgive_outage(event.at);
         let cx = ChangeContext { seq, at: event.at };
         let mut changes = Vec::new();
+        if self.edges.heard(event.at, gap) {
+            self.stats.outages_forgiven_to_edges += 1;
+        }
+        for (edge, renewed_at) in self.edges.run_out(event.at) {
+            self.stats.edges_lost += 1;
+            self.sweep_edge(&cx, edge, renewed_at, &mut changes);
+        }
+        let node = &event.node;
         match &event.body {
             EventBody::Join {
                 tenant,
@@ -254,7 +300,13 @@ impl PresenceState {
                 class,
             } => {
                 let key = user_key(tenant, user);
-                self.open(&cx, key, class, *conn, event.at, Cause::Join, &mut changes);
+                let opened = Opened {
+                    conn,
+                    node,
+                    at: event.at,
+                    cause: Cause::Join,
+                };
+                self.open(&cx, key, class, opened, &mut changes);
             }
             EventBody::Beat { beats } => {
                 for BeatEntry {
@@ -266,7 +318,13 @@ impl PresenceState {
                 } in beats
                 {
                     let key = user_key(tenant, user);
-                    self.open(&cx, key, class, *conn, *at, Cause::Beat, &mut changes);
+                    let opened = Opened {
+                        conn,
+                        node,
+                        at: *at,
+                        cause: Cause::Beat,
+                    };
+                    self.open(&cx, key, class, opened, &mut changes);
                 }
             }
             EventBody::Leave { conn, .. } => self.close(&cx, *conn, &mut changes),
@@ -279,7 +337,13 @@ impl PresenceState {
                 details,
             } => {
                 let key = user_key(tenant, user);
-                self.set_status(&cx, key, class, *conn, *status, details, &mut changes);
+                let opened = Opened {
+                    conn,
+                    node,
+                    at: event.at,
+                    cause: Cause::Status,
+                };
+                self.set_status(&cx, key, class, opened, *status, details, &mut changes);
             }
             EventBody::ServiceStatus {
                 tenant,
@@ -300,6 +364,22 @@ impl PresenceState {
                 }
             }
             EventBody::Tick => self.sweep_silent_connections(&cx, &mut changes),
+            EventBody::EdgeLease {
+                incarnation,
+                ttl_ms,
+                released: false,
+            } => {
+                if let Some(previous_run) = self.edges.renew(node, *incarnation, *ttl_ms, event.at)
+                {
+                    self.stats.edges_lost += 1;
+                    self.sweep_edge(&cx, previous_run, event.at, &mut changes);
+                }
+            }
+            EventBody::EdgeLease {
+                incarnation,
+                released: true,
+                ..
+            } => self.edges.release(node, *incarnation),
             // Active-user sessions are folded by `sessions::ActiveUsers`.
             EventBody::SessionJoin { .. }
             | EventBody::SessionBeat { .. }
@@ -309,18 +389,22 @@ impl PresenceState {
         changes
     }
 
-    /// A sign of life of `conn` at `at`: opens it if it is new (or was swept), else refreshes it.
-    #[allow(clippy::too_many_arguments)]
+    /// A sign of life of a connection: opens it if it is new (or was swept), else refreshes it.
     fn open(
         &mut self,
         cx: &ChangeContext,
         key: UserKey,
         class: &ViewerClass,
-        conn: ConnId,
-        at: Millis,
-        cause: Cause,
+        opened: Opened<'_>,
         changes: &mut Vec<PresenceChange>,
     ) {
+        let Opened {
+            conn,
+            node,
+            at,
+            cause,
+        } = opened;
+        let conn = *conn;
         if self.closed.contains_key(&conn) {
             return;
         }
@@ -328,11 +412,14 @@ impl PresenceState {
             existing.last_beat = existing.last_beat.max(at);
             return;
         }
+        let edge = self.edges.index(node);
+        self.edges.attach(edge);
         self.conns.insert(
             conn,
             Conn {
                 key: key.clone(),
                 last_beat: at,
+                edge,
             },
         );
         let due = at.plus(self.heartbeat_timeout_ms);
@@ -364,6 +451,7 @@ impl PresenceState {
     fn close(&mut self, cx: &ChangeContext, conn: ConnId, changes: &mut Vec<PresenceChange>) {
         self.closed.insert(conn, cx.at);
         if let Some(closed) = self.conns.remove(&conn) {
+            self.edges.detach(closed.edge);
             self.stats.total_disconnections += 1;
             self.detach(cx, closed.key, conn, cx.at, Cause::Leave, changes);
         }
@@ -428,26 +516,18 @@ impl PresenceState {
         cx: &ChangeContext,
         key: UserKey,
         class: &ViewerClass,
-        conn: ConnId,
+        connection: Opened<'_>,
         status: SetStatus,
         details: &Option<Details>,
         changes: &mut Vec<PresenceChange>,
     ) {
-        if self.closed.contains_key(&conn) {
+        if self.closed.contains_key(connection.conn) {
             return;
         }
         // A status comes from an open connection: if its join was not seen, it opens here,
         // and the one change reported is the status.
         let mut opened = Vec::new();
-        self.open(
-            cx,
-            key.clone(),
-            class,
-            conn,
-            cx.at,
-            Cause::Status,
-            &mut opened,
-        );
+        self.open(cx, key.clone(), class, connection, &mut opened);
         let Some(user) = self.users.get_mut(&key) else {
             return;
         };
@@ -482,10 +562,48 @@ impl PresenceState {
         self.stats.outages_forgiven += 1;
     }
 
-    /// Sweeps connections silent for the heartbeat timeout as of the tick's time.
+    /// Sweeps every connection of `edge`, whose lease ran out (or whose process restarted);
+    /// the users are last seen when the edge was last heard of, or their last beat if later.
+    fn sweep_edge(
+        &mut self,
+        cx: &ChangeContext,
+        edge: EdgeIndex,
+        heard_at: Millis,
+        changes: &mut Vec<PresenceChange>,
+    ) {
+        let mut gone: Vec<(ConnId, UserKey, Millis)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.edge == edge)
+            .map(|(id, c)| (*id, c.key.clone(), c.last_beat.max(heard_at)))
+            .collect();
+        // Map order is arbitrary; the changes must come out the same in every replay.
+        gone.sort_unstable_by_key(|(id, _, _)| *id);
+        for (conn, key, seen) in gone {
+            self.conns.remove(&conn);
+            self.edges.detach(edge);
+            self.stats.total_swepts += 1;
+            self.detach(cx, key, conn, seen, Cause::Sweep, changes);
+        }
+    }
+
+    /// Sweeps connections silent for the heartbeat timeout as of the tick's time. Before the
+    /// next connection can be silent for that long (a tick for the leases), nothing is looked at.
     fn sweep_silent_connections(&mut self, cx: &ChangeContext, changes: &mut Vec<PresenceChange>) {
         let now = cx.at;
         self.stats.last_sweep_at = Some(now);
+        if self.next_sweep_due.is_none_or(|due| now >= due) {
+            self.sweep_silent(now, cx, changes);
+        }
+        // Late messages of a closed connection arrive within a beat flush; twice the timeout
+        // is a wide margin.
+        let keep = self.heartbeat_timeout_ms.saturating_mul(2);
+        self.closed
+            .retain(|_, closed_at| now.since(*closed_at) <= keep);
+        self.release_memory(now);
+    }
+
+    fn sweep_silent(&mut self, now: Millis, cx: &ChangeContext, changes: &mut Vec<PresenceChange>) {
         let mut silent: Vec<(ConnId, UserKey, Millis)> = Vec::new();
         let mut oldest_kept: Option<Millis> = None;
         for (id, c) in &self.conns {
@@ -499,15 +617,15 @@ impl PresenceState {
         // Map order is arbitrary; the changes must come out the same in every replay.
         silent.sort_unstable_by_key(|(id, _, _)| *id);
         for (conn, key, last_beat) in silent {
-            self.conns.remove(&conn);
+            if let Some(swept) = self.conns.remove(&conn) {
+                self.edges.detach(swept.edge);
+            }
             self.stats.total_swepts += 1;
             self.detach(cx, key, conn, last_beat, Cause::Sweep, changes);
         }
-        // Late messages of a closed connection arrive within a beat flush; twice the timeout
-        // is a wide margin.
-        let keep = self.heartbeat_timeout_ms.saturating_mul(2);
-        self.closed
-            .retain(|_, closed_at| now.since(*closed_at) <= keep);
+    }
+
+    fn release_memory(&mut self, now: Millis) {
         let forgotten = self.forget_long_gone(now);
         // Memory follows who is here now: tables a crowd once filled are given back.
         let mut released = forgotten >= RELEASE_AFTER_FORGETTING;
@@ -566,6 +684,13 @@ mod tests {
         fn apply(&mut self, at: u64, body: EventBody) -> Vec<PresenceChange> {
             self.seq += 1;
             let event = Event::new(NodeId::parse("edge-1").unwrap(), Millis(at), body);
+            self.state.apply(self.seq, &event)
+        }
+
+        /// As [`Script::apply`], written by `node`.
+        fn apply_from(&mut self, node: &str, at: u64, body: EventBody) -> Vec<PresenceChange> {
+            self.seq += 1;
+            let event = Event::new(NodeId::parse(node).unwrap(), Millis(at), body);
             self.state.apply(self.seq, &event)
         }
 
@@ -1016,6 +1141,110 @@ mod tests {
         }
     }
 
+    fn lease(incarnation: u64) -> EventBody {
+        EventBody::EdgeLease {
+            incarnation,
+            ttl_ms: 2_500,
+            released: false,
+        }
+    }
+
+    #[test]
+    fn the_connections_of_an_edge_whose_lease_runs_out_are_swept_at_once() {
+        let mut s = Script::new();
+        let (a, b, c) = (ConnId::new(), ConnId::new(), ConnId::new());
+        s.apply_from("edge-a", 1_000, lease(7));
+        s.apply_from("edge-b", 1_000, lease(8));
+        s.apply_from("edge-a", 1_100, join("ayse", a));
+        s.apply_from("edge-a", 1_200, join("fatma", b));
+        s.apply_from("edge-b", 1_300, join("zeynep", c));
+        for at in [2_000, 3_000] {
+            s.apply_from("edge-a", at, lease(7));
+            s.apply_from("edge-b", at, lease(8));
+        }
+        assert_eq!(s.state.edge_leases(), 2);
+        // edge-a dies after its renewal at 3 s: it runs out at 5.5 s, not before.
+        s.apply_from("edge-b", 4_000, lease(8));
+        s.apply_from("edge-b", 5_000, lease(8));
+        assert!(s.online("ayse") && s.online("fatma"));
+        assert_eq!(s.state.next_sweep_due(), Some(Millis(5_500)));
+        let swept = s.apply(5_500, EventBody::Tick);
+        let mut who = summary(&swept);
+        who.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            who,
+            [
+                ("ayse".into(), Status::Offline, false, Cause::Sweep),
+                ("fatma".into(), Status::Offline, false, Cause::Sweep),
+            ]
+        );
+        // Last seen when their edge was last heard of.
+        assert!(swept.iter().all(|c| c.last_seen == Some(Millis(3_000))));
+        assert!(s.online("zeynep"));
+        assert_eq!(s.state.stats().edges_lost, 1);
+        assert_eq!(s.state.edge_leases(), 1);
+        // An edge that was only cut off comes back with its beats.
+        s.apply_from("edge-a", 6_000, lease(7));
+        s.apply_from("edge-a", 6_100, beat("ayse", a, 6_050));
+        assert!(s.online("ayse"));
+    }
+
+    #[test]
+    fn a_drained_edge_hands_its_connections_back_to_their_heartbeat_timeout() {
+        let mut s = Script::new();
+        let a = ConnId::new();
+        s.apply_from("edge-a", 1_000, lease(7));
+        s.apply_from("edge-a", 1_100, join("ayse", a));
+        s.apply_from(
+            "edge-a",
+            2_000,
+            EventBody::EdgeLease {
+                incarnation: 7,
+                ttl_ms: 2_500,
+                released: true,
+            },
+        );
+        assert_eq!(s.state.edge_leases(), 0);
+        assert!(s.apply(10_000, EventBody::Tick).is_empty());
+        assert!(s.online("ayse"));
+        let swept = s.apply(1_100 + TIMEOUT, EventBody::Tick);
+        assert_eq!(summary(&swept).len(), 1);
+        assert_eq!(s.state.stats().edges_lost, 0);
+    }
+
+    #[test]
+    fn a_restarted_edge_sweeps_what_its_previous_run_opened() {
+        let mut s = Script::new();
+        let (old, new) = (ConnId::new(), ConnId::new());
+        s.apply_from("edge-a", 1_000, lease(1));
+        s.apply_from("edge-a", 1_100, join("ayse", old));
+        s.apply_from("edge-a", 1_900, lease(2));
+        assert!(!s.online("ayse"));
+        s.apply_from("edge-a", 2_000, join("ayse", new));
+        s.apply_from("edge-a", 2_500, lease(2));
+        assert!(s.online("ayse"));
+    }
+
+    #[test]
+    fn nobody_is_swept_for_a_lease_nobody_could_renew_while_the_log_was_away() {
+        let mut s = Script::new();
+        let a = ConnId::new();
+        s.apply_from("edge-a", 1_000, lease(7));
+        s.apply_from("edge-a", 1_100, join("ayse", a));
+        // The log is away from 1.1 s to 5 s: the first event after it (the owner's tick)
+        // renews every lease instead of finding them run out.
+        assert!(s.apply(5_000, EventBody::Tick).is_empty());
+        assert_eq!(s.state.stats().outages_forgiven_to_edges, 1);
+        s.apply_from("edge-a", 5_800, lease(7));
+        assert!(s.online("ayse"));
+        // A quiet partition is ticked well within half the lease, so a dead edge is found.
+        assert_eq!(s.state.next_sweep_due(), Some(Millis(5_800 + 1_000)));
+        s.apply(6_800, EventBody::Tick);
+        s.apply(7_800, EventBody::Tick);
+        let swept = s.apply(8_300, EventBody::Tick);
+        assert_eq!(summary(&swept).len(), 1, "{swept:?}");
+    }
+
     #[test]
     fn the_next_sweep_is_due_when_the_first_connection_goes_silent() {
         let mut s = Script::new();
@@ -1029,10 +1258,13 @@ mod tests {
             Some(Millis(1_000 + TIMEOUT)),
             "a later join does not postpone it"
         );
-        // ayse beats at 6 s; a tick before her deadline finds nobody silent and moves the
-        // deadline to the earliest one left (mehmet's).
+        // ayse beats at 6 s. A tick before the deadline looks at nobody (nobody can be silent
+        // yet); a tick at it finds nobody silent and moves the deadline to the earliest one
+        // left (mehmet's).
         s.apply(6_000, beat("ayse", a, 6_000));
         assert!(s.apply(10_000, EventBody::Tick).is_empty());
+        assert_eq!(s.state.next_sweep_due(), Some(Millis(1_000 + TIMEOUT)));
+        assert!(s.apply(1_000 + TIMEOUT, EventBody::Tick).is_empty());
         assert_eq!(s.state.next_sweep_due(), Some(Millis(4_000 + TIMEOUT)));
         // A tick exactly at the deadline sweeps mehmet, not ayse.
         let due = s.state.next_sweep_due().expect("due");

@@ -50,6 +50,23 @@ pub struct EdgeConfig {
     /// How often the edge appends the heartbeats it received, as one batched message (ms).
     #[arg(long, env = "PRESENCE_BEAT_FLUSH_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub beat_flush_ms: u64,
+    /// What keeps a Socket.io connection online: `heartbeat` (its client's `user:heartbeat`
+    /// events) or `transport` (an open socket whose client answers the transport's pings;
+    /// the edge beats for it, so a background tab whose timers are throttled stays online).
+    #[arg(long, env = "PRESENCE_LIVENESS", value_enum, default_value_t = Liveness::Heartbeat)]
+    pub liveness: Liveness,
+    /// Engine.IO ping interval (ms): how often the edge pings each socket. A socket that does
+    /// not answer within the interval plus the ping timeout is closed.
+    #[arg(long, env = "PRESENCE_PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub ping_interval_ms: u64,
+    /// Engine.IO ping timeout (ms): how long a ping waits for its answer.
+    #[arg(long, env = "PRESENCE_PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub ping_timeout_ms: u64,
+    /// The edge's lease on its connections (ms): renewed every third of it; when it runs out
+    /// (the edge died), the aggregator sweeps all of this edge's connections at once. 0 keeps
+    /// no lease: each connection waits for its own heartbeat timeout.
+    #[arg(long, env = "PRESENCE_EDGE_LEASE_MS", default_value_t = 2_500, value_parser = parse_edge_lease)]
+    pub edge_lease_ms: u64,
     /// Visibility rules: `viewer=seen,seen;viewer=*`.
     #[arg(long, env = "PRESENCE_VISIBILITY_RULES", default_value = crate::presence::visibility::DEFAULT_RULES, value_parser = VisibilityPolicy::parse)]
     pub visibility_rules: VisibilityPolicy,
@@ -105,6 +122,15 @@ pub enum EdgeError {
     },
 }
 
+/// What keeps a Socket.io connection online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Liveness {
+    /// The client's `user:heartbeat` events, every 5 s (the heartbeat timeout sweeps it).
+    Heartbeat,
+    /// The socket being open and answering the transport's pings.
+    Transport,
+}
+
 impl EdgeConfig {
     /// The token verifier of this configuration: the configured key for tokens without a
     /// `kid`, and the keys of `JWT_KEYS_FILE` by `kid`. `None` only where tokens are not
@@ -148,4 +174,17 @@ impl EdgeConfig {
     pub(crate) fn insecure(&self, environment: Environment) -> bool {
         environment == Environment::Development && self.allow_insecure_userid
     }
+}
+
+/// An edge lease of 0 (none) or at least 300 ms (renewed every 100 ms).
+fn parse_edge_lease(raw: &str) -> Result<u64, String> {
+    let ms: u64 = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number of milliseconds"))?;
+    if ms != 0 && ms < 300 {
+        return Err(format!(
+            "an edge lease is 0 (none) or at least 300 ms, got {ms}"
+        ));
+    }
+    Ok(ms)
 }

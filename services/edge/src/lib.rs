@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::active_users::RateLimitConfig;
-pub use crate::config::{EdgeConfig, EdgeError, JwtAlgorithm};
+pub use crate::config::{EdgeConfig, EdgeError, JwtAlgorithm, Liveness};
 pub use crate::presence::VisibilityPolicy;
 
 use crate::active_users::{ActiveUsers, ActiveUsersSettings};
@@ -48,6 +48,10 @@ use crate::http_auth::HttpAuth;
 use crate::ingress::Ingress;
 use crate::presence::{Authenticator, Presence, PresenceSettings};
 use crate::wire::Announcements;
+
+/// Under transport liveness, how often the edge beats for each open socket: as often as a
+/// client beats, well within the heartbeat timeout.
+const TRANSPORT_BEATS: Duration = Duration::from_secs(5);
 
 /// The edge role.
 pub struct Edge {
@@ -117,14 +121,18 @@ impl Edge {
             );
         }
         let beat_flush = Duration::from_millis(config.beat_flush_ms);
+        let transport_liveness = config.liveness == Liveness::Transport;
         let announcements = Announcements::default();
         let ingress = Ingress::start(
             log.clone(),
             subjects.clone(),
             node.clone(),
             beat_flush,
+            transport_liveness.then_some(TRANSPORT_BEATS),
+            Duration::from_millis(config.edge_lease_ms),
             tasks,
-        );
+        )
+        .await;
         let settings = PresenceSettings {
             authenticator: Authenticator {
                 verifier: verifier.clone(),
@@ -135,6 +143,11 @@ impl Edge {
             max_connections_per_user: config.max_connections_per_user,
             max_subscriptions: config.max_subscriptions as usize,
             batch_window: std::time::Duration::from_millis(config.batch_ms),
+            transport_liveness,
+            ping: (
+                Duration::from_millis(config.ping_interval_ms),
+                Duration::from_millis(config.ping_timeout_ms),
+            ),
             store: store.clone(),
             announcements: announcements.clone(),
         };

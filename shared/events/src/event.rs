@@ -129,6 +129,22 @@ pub enum EventBody {
     },
     /// The aggregator's metrics clock: every customer's count and EMA are computed as of `at`.
     MetricsTick,
+    /// An edge's lease on the connections it opened, renewed in every partition about every
+    /// second and listing nothing per connection. While it holds, the edge's connections are
+    /// alive as far as their edge goes; once `ttl_ms` of log time pass without a renewal,
+    /// every connection the edge opened is swept at once rather than each at its heartbeat
+    /// timeout. A `released` lease (a draining edge) hands them back to their heartbeat timeout.
+    EdgeLease {
+        /// This run of the edge's process: a restart under the same node id is a new one,
+        /// and the connections of the run before it are swept.
+        incarnation: u64,
+        /// How long the lease holds without a renewal (ms of log time).
+        ttl_ms: u64,
+        /// The edge is draining: its clients reconnect elsewhere and its connections go
+        /// silent as they do.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        released: bool,
+    },
 }
 
 /// One tab's beat inside a batched [`EventBody::SessionBeat`].
@@ -237,6 +253,7 @@ impl EventBody {
             EventBody::SessionBeat { .. } => "session_beat",
             EventBody::SessionLeave { .. } => "session_leave",
             EventBody::MetricsTick => "metrics_tick",
+            EventBody::EdgeLease { .. } => "edge_lease",
         }
     }
 }

@@ -86,7 +86,8 @@ impl Partitions {
     }
 
     /// The partition an event goes to; `None` for bodies that span partitions (beat batches,
-    /// to be [split](Partitions::split)) or belong to the partition's owner (clock ticks).
+    /// to be [split](Partitions::split)), belong to the partition's owner (clock ticks) or go
+    /// to every partition (edge leases).
     pub fn of_event(&self, body: &EventBody) -> Option<Partition> {
         match body {
             EventBody::Join { tenant, user, .. }
@@ -99,7 +100,8 @@ impl Partitions {
             EventBody::Beat { .. }
             | EventBody::SessionBeat { .. }
             | EventBody::Tick
-            | EventBody::MetricsTick => None,
+            | EventBody::MetricsTick
+            | EventBody::EdgeLease { .. } => None,
         }
     }
 

@@ -24,6 +24,13 @@ pub struct PresenceStats {
     /// counted towards a sweep.
     #[serde(default)]
     pub outages_forgiven: u64,
+    /// Edges whose lease ran out (or whose process restarted): their connections were swept
+    /// at once.
+    #[serde(default)]
+    pub edges_lost: u64,
+    /// Silences of the whole log long enough that the edges' leases counted as renewed.
+    #[serde(default)]
+    pub outages_forgiven_to_edges: u64,
 }
 
 /// The aggregator's figures as of one sweep tick.

@@ -167,7 +167,7 @@ async fn handle(
         Action::Join => append(cx, endpoint, request.join(Transport::Http)).await,
         Action::Leave => {
             // A beat of this tab still waiting in the batch must not land after its leave.
-            cx.beats.forget_tab(request.tab.clone()).await;
+            cx.beats.forget_tab(&request.tab).await;
             append(cx, endpoint, leave(request.tab)).await
         }
     };

@@ -192,7 +192,7 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
         .await;
         follow(&mut conn, &cx, &tab, updates).await;
         // A pending ping must not land after the leave.
-        cx.beats.forget_tab(tab.clone()).await;
+        cx.beats.forget_tab(&tab).await;
         let left = cx.publisher.publish_departure(leave(tab.clone())).await;
         if let Err(e) = left {
             tracing::warn!(error = %e, "could not append a session leave; the tab expires instead");
@@ -275,7 +275,7 @@ async fn follow(
         tokio::select! {
             incoming = conn.receive() => match incoming {
                 Incoming::Message(ClientMessage::Ping) => {
-                    cx.beats.tab_beat(tab.clone()).await;
+                    cx.beats.tab_beat(tab);
                     if !conn.send(ServerMessage::Pong { timestamp: Millis::now() }).await {
                         return;
                     }

@@ -3,15 +3,21 @@
 //! every connection that beat; likewise one `session_beat` for the active-users tabs that
 //! pinged. Log traffic stays flat however many clients beat.
 //!
+//! A beat costs one short lock and one map write, in the socket's own task: no task, no
+//! channel hop and no copy of the connection's identity (shared, copied once per flush).
+//!
 //! A connection (or tab) that closes is forgotten here before its leave is appended, so a
-//! pending beat can never land after the leave and resurrect it.
+//! pending beat can never land after the leave and resurrect it: forgetting waits for a
+//! batch that may hold its beat to be durable.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use presence_auth::Identity;
 use presence_events::{BeatEntry, ConnId, EventBody, Millis, SessionBeatEntry, TabKey};
 use presence_log::publish_all_durable;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,140 +27,191 @@ use super::EventPublisher;
 /// Most connections in one beat message (keeps messages well under NATS' 1 MiB limit).
 const MAX_BEATS_PER_MESSAGE: usize = 2_000;
 
-enum Command {
-    Beat(BeatEntry),
-    TabBeat(TabKey),
-    /// A tab's beat (at its arrival time) whose sender waits until it is durable (`true`).
-    DurableTabBeat(TabKey, Millis, oneshot::Sender<bool>),
-    Forget(ConnId, oneshot::Sender<()>),
-    ForgetTab(TabKey, oneshot::Sender<()>),
-}
-
 #[derive(Default)]
 struct Pending {
-    conns: HashMap<ConnId, BeatEntry>,
+    /// The latest beat of each connection that beat, with its (shared) identity.
+    conns: HashMap<ConnId, (Arc<Identity>, Millis)>,
     tabs: HashMap<TabKey, Millis>,
     /// Senders of the beats in this batch that wait for it to be durable.
     waiters: Vec<oneshot::Sender<bool>>,
 }
 
-/// Handle to the batching task.
+struct Shared {
+    pending: Mutex<Pending>,
+    /// With transport liveness, the open connections, beaten on the edge's own clock.
+    alive: Mutex<HashMap<ConnId, Arc<Identity>>>,
+    /// Held while a batch taken from `pending` is appended: forgetting a connection waits
+    /// for it.
+    appending: tokio::sync::Mutex<()>,
+}
+
+/// Handle to the batch, shared by every socket of the edge; a task appends it.
 #[derive(Clone)]
 pub(crate) struct BeatBatcher {
-    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
 }
 
 impl BeatBatcher {
+    /// Starts the task appending the batch every `flush_every`; with `transport_beats`,
+    /// it also beats every connection kept alive (see [`BeatBatcher::keep_alive`]) that often.
     pub(crate) fn start(
         publisher: EventPublisher,
         flush_every: Duration,
+        transport_beats: Option<Duration>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(65_536);
-        tasks.spawn(batch_beats(rx, publisher, flush_every, shutdown));
-        Self { tx }
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            alive: Mutex::default(),
+            appending: tokio::sync::Mutex::new(()),
+        });
+        tasks.spawn(batch_beats(
+            shared.clone(),
+            publisher,
+            (flush_every, transport_beats),
+            shutdown,
+        ));
+        Self { shared }
     }
 
-    /// Records a heartbeat; it is appended with the next flush.
-    pub(crate) async fn beat(&self, entry: BeatEntry) {
+    /// Transport liveness: connection `conn` beats on the edge's clock for as long as it is
+    /// open (its transport closes it when the client stops answering pings).
+    pub(crate) fn keep_alive(&self, conn: ConnId, identity: &Arc<Identity>) {
+        let mut alive = self.shared.alive.lock().unwrap_or_else(|e| e.into_inner());
+        alive.insert(conn, identity.clone());
+    }
+
+    /// Stops beating `conn` on the edge's clock (it disconnected).
+    pub(crate) fn let_go(&self, conn: ConnId) {
+        let mut alive = self.shared.alive.lock().unwrap_or_else(|e| e.into_inner());
+        alive.remove(&conn);
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a heartbeat of connection `conn` of `identity` at `at`; it is appended with
+    /// the next flush.
+    pub(crate) fn beat(&self, conn: ConnId, identity: &Arc<Identity>, at: Millis) {
         metrics::counter!("presence_heartbeats_received_total").increment(1);
-        let _ = self.tx.send(Command::Beat(entry)).await;
+        self.pending().conns.insert(conn, (identity.clone(), at));
     }
 
     /// Records an active-users ping of a tab (now); it is appended with the next flush.
-    pub(crate) async fn tab_beat(&self, tab: TabKey) {
-        let _ = self.tx.send(Command::TabBeat(tab)).await;
+    pub(crate) fn tab_beat(&self, tab: &TabKey) {
+        let now = Millis::now();
+        let mut pending = self.pending();
+        match pending.tabs.get_mut(tab) {
+            Some(at) => *at = now,
+            None => {
+                pending.tabs.insert(tab.clone(), now);
+            }
+        }
     }
 
-    /// Drops the pending beat of `conn`; returns once any beat of it already being appended
-    /// is durable, so a `leave` appended afterwards comes after it in the log.
     /// A tab's beat over HTTP, received at `at`: batched like the others, and answered once
     /// its batch is durably in the log. `false` if that did not happen within `within` (the
     /// log is unavailable) or the edge is stopping; the beat may still be appended later.
     pub(crate) async fn tab_beat_durable(&self, tab: TabKey, at: Millis, within: Duration) -> bool {
         let (done, wait) = oneshot::channel();
-        let stored = async {
-            self.tx
-                .send(Command::DurableTabBeat(tab, at, done))
-                .await
-                .is_ok()
-                && wait.await.unwrap_or(false)
-        };
-        tokio::time::timeout(within, stored).await.unwrap_or(false)
+        {
+            let mut pending = self.pending();
+            let latest = pending.tabs.entry(tab).or_insert(at);
+            *latest = (*latest).max(at);
+            pending.waiters.push(done);
+        }
+        tokio::time::timeout(within, wait)
+            .await
+            .is_ok_and(|stored| stored.unwrap_or(false))
     }
 
+    /// Drops the pending beat of `conn`; returns once any beat of it already being appended
+    /// is durable, so a `leave` appended afterwards comes after it in the log.
     pub(crate) async fn forget(&self, conn: ConnId) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Command::Forget(conn, done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        self.let_go(conn);
+        self.pending().conns.remove(&conn);
+        let _appended = self.shared.appending.lock().await;
     }
 
     /// As [`BeatBatcher::forget`], for an active-users tab.
-    pub(crate) async fn forget_tab(&self, tab: TabKey) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Command::ForgetTab(tab, done)).await.is_ok() {
-            let _ = wait.await;
-        }
+    pub(crate) async fn forget_tab(&self, tab: &TabKey) {
+        self.pending().tabs.remove(tab);
+        let _appended = self.shared.appending.lock().await;
     }
 }
 
 async fn batch_beats(
-    mut rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
     publisher: EventPublisher,
-    flush_every: Duration,
+    (flush_every, transport_beats): (Duration, Option<Duration>),
     shutdown: CancellationToken,
 ) {
-    let mut pending = Pending::default();
     let mut timer = tokio::time::interval(flush_every);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut transport = transport_beats.map(tokio::time::interval);
     loop {
         tokio::select! {
-            command = rx.recv() => match command {
-                Some(Command::Beat(entry)) => {
-                    pending.conns.insert(entry.conn, entry);
-                }
-                Some(Command::TabBeat(tab)) => {
-                    pending.tabs.insert(tab, Millis::now());
-                }
-                Some(Command::DurableTabBeat(tab, at, done)) => {
-                    let latest = pending.tabs.entry(tab).or_insert(at);
-                    *latest = (*latest).max(at);
-                    pending.waiters.push(done);
-                }
-                Some(Command::Forget(conn, done)) => {
-                    pending.conns.remove(&conn);
-                    let _ = done.send(());
-                }
-                Some(Command::ForgetTab(tab, done)) => {
-                    pending.tabs.remove(&tab);
-                    let _ = done.send(());
-                }
-                None => break,
-            },
-            _ = timer.tick() => flush(&mut pending, &publisher, &shutdown).await,
+            _ = timer.tick() => flush(&shared, &publisher, &shutdown).await,
+            _ = tick(&mut transport) => beat_alive(&shared),
             _ = shutdown.cancelled() => break,
         }
     }
     // Last beats on the way out, with a bounded wait of their own.
     let never = CancellationToken::new();
-    if tokio::time::timeout(
-        Duration::from_secs(5),
-        flush(&mut pending, &publisher, &never),
-    )
-    .await
-    .is_err()
+    if tokio::time::timeout(Duration::from_secs(5), flush(&shared, &publisher, &never))
+        .await
+        .is_err()
     {
         tracing::warn!("gave up appending the last heartbeats at shutdown");
     }
 }
 
-async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &CancellationToken) {
-    let waiters = std::mem::take(&mut pending.waiters);
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A beat now for every connection kept alive by its transport.
+fn beat_alive(shared: &Shared) {
+    let now = Millis::now();
+    let alive = shared.alive.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+    for (conn, identity) in alive.iter() {
+        pending.conns.insert(*conn, (identity.clone(), now));
+    }
+    metrics::counter!("presence_transport_beats_total").increment(alive.len() as u64);
+}
+
+async fn flush(shared: &Shared, publisher: &EventPublisher, shutdown: &CancellationToken) {
+    // Taken under `appending`: a connection forgotten from now on waits for this batch.
+    let _appending = shared.appending.lock().await;
+    let taken = std::mem::take(&mut *shared.pending.lock().unwrap_or_else(|e| e.into_inner()));
+    let Pending {
+        conns,
+        tabs,
+        waiters,
+    } = taken;
     let mut messages = Vec::new();
-    if !pending.conns.is_empty() {
-        let mut beats: Vec<BeatEntry> = pending.conns.drain().map(|(_, entry)| entry).collect();
+    if !conns.is_empty() {
+        let mut beats: Vec<BeatEntry> = conns
+            .into_iter()
+            .map(|(conn, (id, at))| BeatEntry {
+                tenant: id.tenant.clone(),
+                user: id.user.clone(),
+                conn,
+                class: id.class.clone(),
+                at,
+            })
+            .collect();
         beats.sort_unstable_by_key(|b| b.conn);
         metrics::histogram!("presence_beat_batch_connections").record(beats.len() as f64);
         // One batch per partition: each partition's fold reads only its own.
@@ -171,10 +228,9 @@ async fn flush(pending: &mut Pending, publisher: &EventPublisher, shutdown: &Can
     }
     // The tab beats' waiters are told whether the tab beats were stored.
     let mut tabs_unencodable = false;
-    if !pending.tabs.is_empty() {
-        let beats: Vec<SessionBeatEntry> = pending
-            .tabs
-            .drain()
+    if !tabs.is_empty() {
+        let beats: Vec<SessionBeatEntry> = tabs
+            .into_iter()
             .map(|(tab, at)| SessionBeatEntry {
                 tenant: tab.tenant,
                 session: tab.session,
@@ -251,7 +307,8 @@ mod tests {
         );
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let beats = BeatBatcher::start(publisher, Duration::from_millis(50), &tasks, shutdown);
+        let beats =
+            BeatBatcher::start(publisher, Duration::from_millis(50), None, &tasks, shutdown);
         let stored = futures::future::join_all((0..20).map(|i| {
             let beats = beats.clone();
             async move {

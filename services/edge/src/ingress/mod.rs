@@ -1,10 +1,12 @@
 //! The edge's way into the log. Every event this edge writes goes through the
 //! [`EventPublisher`], stamped with the node and the time; heartbeats (of sockets and of
 //! active-users tabs) go through the [`BeatBatcher`], which appends the latest beat of every
-//! connection once per flush interval.
+//! connection once per flush interval; the [`EdgeLease`] tells the aggregator this edge is
+//! alive.
 
 mod availability;
 mod beats;
+mod lease;
 mod publisher;
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use beats::BeatBatcher;
+pub(crate) use lease::EdgeLease;
 pub(crate) use publisher::EventPublisher;
 
 /// The publisher and the beat batcher of one edge.
@@ -28,18 +31,36 @@ pub(crate) struct Ingress {
 }
 
 impl Ingress {
-    /// Starts the beat batcher on `tasks`.
-    pub(crate) fn start(
+    /// Starts the beat batcher on `tasks` (beating the sockets itself every `transport_beats`
+    /// under transport liveness); with a `lease` (not zero), takes the edge's lease
+    /// first (waiting a few seconds at most) and keeps it renewed.
+    pub(crate) async fn start(
         log: Arc<dyn EventLog>,
         subjects: Subjects,
         node: NodeId,
         beat_flush: Duration,
+        transport_beats: Option<Duration>,
+        lease: Duration,
         tasks: &TaskTracker,
     ) -> Self {
         let publisher = EventPublisher::new(log, subjects, node);
-        // The batcher has a token of its own: it outlives the sockets (see `stop`).
+        // The batcher and the lease have a token of their own: they outlive the sockets (see
+        // `stop`).
         let stop_beats = CancellationToken::new();
-        let beats = BeatBatcher::start(publisher.clone(), beat_flush, tasks, stop_beats.clone());
+        let beats = BeatBatcher::start(
+            publisher.clone(),
+            beat_flush,
+            transport_beats,
+            tasks,
+            stop_beats.clone(),
+        );
+        let lease = (!lease.is_zero()).then(|| EdgeLease::new(publisher.clone(), lease));
+        if let Some(lease) = &lease {
+            if !lease.take(Duration::from_secs(5)).await {
+                tracing::warn!("could not take the edge lease yet; renewing it in the background");
+            }
+            tasks.spawn(lease.clone().hold(stop_beats.clone()));
+        }
         Self {
             publisher,
             beats,
@@ -48,8 +69,9 @@ impl Ingress {
         }
     }
 
-    /// Appends the last pending heartbeats and stops the batcher. Called once the sockets are
-    /// closed, so that leaves appended while closing still come after their beats in the log.
+    /// Appends the last pending heartbeats, stops the batcher and releases the lease. Called
+    /// once the sockets are closed, so that leaves appended while closing still come after
+    /// their beats in the log.
     pub(crate) fn stop(&self) {
         self.stop_beats.cancel();
     }

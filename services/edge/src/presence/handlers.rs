@@ -9,15 +9,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use presence_events::{BeatEntry, Details, EventBody, LeaveReason, Millis, SetStatus, UserId};
+use presence_auth::Identity;
+use presence_events::{ConnId, Details, EventBody, LeaveReason, Millis, SetStatus, UserId};
 use serde::Deserialize;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
-use socketioxide::socket::DisconnectReason;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, Extension, SocketRef, TryData};
+use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
+use socketioxide::socket::{DisconnectReason, Socket};
 
 use super::SocketContext;
 use super::connection::Connection;
 use super::cursor::Cursor;
 use super::subscriptions::{SetChange, SubscriptionIndex};
+use crate::ingress::BeatBatcher;
 use crate::wire::{PresenceUpdate, SocketAck as Ack};
 
 /// Most users one `presence:query` may ask about.
@@ -84,15 +88,19 @@ fn refuse(event: &'static str, reason: &'static str, message: String) -> Ack {
 }
 
 /// Registers `$event` on socket `$s`: its payload read as `$request` (`None` if it does not
-/// parse), answered in its ack by `$answer`, with the context and connection at hand.
+/// parse), answered in its ack by `$answer`, with the context and connection at hand. The
+/// handler holds the shared context only: the connection is read from the socket's
+/// extensions when an event comes, not copied into every handler of every socket.
 macro_rules! acked {
-    ($s:expr, $context:expr, $connection:expr, $event:literal, $request:ty,
+    ($s:expr, $context:expr, $event:literal, $request:ty,
      |$cx:ident, $sn:ident, $r:ident| $answer:expr) => {{
-        let (cx, sn) = ($context.clone(), $connection.clone());
+        let cx = $context.clone();
         $s.on(
             $event,
-            move |TryData(request): TryData<$request>, ack: AckSender| {
-                let (cx, sn) = (cx.clone(), sn.clone());
+            move |Extension(sn): Extension<Connection>,
+                  TryData(request): TryData<$request>,
+                  ack: AckSender| {
+                let cx = cx.clone();
                 async move {
                     let ($cx, $sn, $r) = (&cx, &sn, request.ok());
                     let _ = ack.send(&$answer);
@@ -102,30 +110,40 @@ macro_rules! acked {
     }};
 }
 
-/// Installs the event handlers of an admitted socket.
-pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &Connection) {
-    let (cx, sn) = (context.clone(), connection.clone());
-    s.on("user:heartbeat", move |ack: AckSender| {
-        let (cx, sn) = (cx.clone(), sn.clone());
-        async move {
-            let id = &sn.identity;
-            cx.beats
-                .beat(BeatEntry {
-                    tenant: id.tenant.clone(),
-                    user: id.user.clone(),
-                    conn: sn.conn,
-                    class: id.class.clone(),
-                    at: Millis::now(),
-                })
-                .await;
+/// `user:heartbeat`, handled in the socket's own read task as the packet is decoded: a
+/// closure handler would be spawned as a task of its own for every beat. Clients send it
+/// without an ack id, so nothing is written back; one that asks for an ack gets `{ok: true}`.
+#[derive(Clone)]
+struct Heartbeat {
+    beats: BeatBatcher,
+    conn: ConnId,
+    identity: Arc<Identity>,
+}
+
+impl MessageHandler<LocalAdapter, Heartbeat> for Heartbeat {
+    fn call(&self, s: Arc<Socket<LocalAdapter>>, mut v: Value, ack_id: Option<i64>) {
+        self.beats.beat(self.conn, &self.identity, Millis::now());
+        if ack_id.is_some() {
+            let Ok(ack) = AckSender::from_message_parts(&s, &mut v, &ack_id);
             let _ = ack.send(&Ack::ok());
         }
-    });
+    }
+}
+
+/// Installs the event handlers of an admitted socket.
+pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &Connection) {
+    s.on(
+        "user:heartbeat",
+        Heartbeat {
+            beats: context.beats.clone(),
+            conn: connection.conn,
+            identity: connection.identity.clone(),
+        },
+    );
 
     acked!(
         s,
         context,
-        connection,
         "user:status",
         StatusRequest,
         |cx, sn, request| { cx.set_status(sn, request).await }
@@ -133,7 +151,6 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
     acked!(
         s,
         context,
-        connection,
         "presence:query",
         QueryRequest,
         |cx, sn, request| { cx.query(sn, request).await }
@@ -141,7 +158,6 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
     acked!(
         s,
         context,
-        connection,
         "presence:subscribe",
         SubscribeRequest,
         |cx, sn, request| { cx.subscribe(sn, request).await }
@@ -149,7 +165,6 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
     acked!(
         s,
         context,
-        connection,
         "presence:sync",
         SyncRequest,
         |cx, sn, request| { cx.sync(sn, request).await }
@@ -157,7 +172,6 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
     acked!(
         s,
         context,
-        connection,
         "auth:refresh",
         RefreshRequest,
         |cx, sn, request| { cx.refresh(sn, request) }
@@ -426,6 +440,8 @@ impl SocketContext {
         if sn.close() {
             self.local.closed(&sn.rooms);
         }
+        // After the close: an open that lost the race lets go itself (see `handshake`).
+        self.beats.let_go(sn.conn);
         if self.draining.load(Ordering::Acquire) {
             // Handed over: the client reconnects elsewhere; the connection is swept if not.
             metrics::counter!("presence_connections_handed_over_total").increment(1);

@@ -156,7 +156,7 @@ impl Authenticator {
 /// Installs the default namespace: admission in the connect middleware (above), then the
 /// connection is counted in the edge's registry once socketioxide has opened it.
 pub(super) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
-    let local = cx.local.clone();
+    let (local, beats, transport) = (cx.local.clone(), cx.beats.clone(), cx.transport_liveness);
     let admit = move |s: SocketRef, TryData(auth): TryData<HandshakeAuth>| {
         let cx = cx.clone();
         async move {
@@ -169,10 +169,18 @@ pub(super) fn register(io: &SocketIo, cx: Arc<SocketContext>) {
         }
     };
     let opened = move |s: SocketRef| async move {
-        if let Some(connection) = s.extensions.get::<Connection>()
-            && connection.open()
-        {
+        let Some(connection) = s.extensions.get::<Connection>() else {
+            return;
+        };
+        // Transport liveness: kept alive before it counts as open, so a disconnect racing
+        // this either lets go after it or finds it closed here.
+        if transport {
+            beats.keep_alive(connection.conn, &connection.identity);
+        }
+        if connection.open() {
             local.opened(&connection.rooms);
+        } else if transport {
+            beats.let_go(connection.conn);
         }
     };
     io.ns("/", opened.with(admit));

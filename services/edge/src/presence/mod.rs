@@ -65,6 +65,10 @@ pub(crate) struct PresenceSettings {
     pub(crate) max_subscriptions: usize,
     /// How long a batch socket's window stays open.
     pub(crate) batch_window: std::time::Duration,
+    /// Whether an open socket counts as heartbeating (transport liveness).
+    pub(crate) transport_liveness: bool,
+    /// Engine.IO ping interval and timeout.
+    pub(crate) ping: (std::time::Duration, std::time::Duration),
     /// Where connected users are recorded, if anywhere.
     pub(crate) store: Option<Store>,
     /// Told of every change the view takes in.
@@ -95,6 +99,8 @@ struct SocketContext {
     expiry: Arc<TokenExpiry>,
     /// Socket.io connections one user may have open on this edge.
     max_connections_per_user: u32,
+    /// Whether an open socket counts as heartbeating (transport liveness).
+    transport_liveness: bool,
     /// Audience rooms per (tenant, viewer class, batch), computed once.
     rooms: Mutex<AudienceRooms>,
     /// Who subscribed to whom (subscriptions sockets).
@@ -138,6 +144,8 @@ impl Presence {
     ) -> (Self, SocketIoLayer) {
         let (layer, io) = SocketIo::builder()
             .max_payload(64 * 1024)
+            .ping_interval(settings.ping.0)
+            .ping_timeout(settings.ping.1)
             .max_buffer_size(settings.socket_buffer)
             // Client frames are heartbeats, statuses and queries: a few hundred bytes. A
             // larger frame grows the buffer as it is read; 4 KiB (the default) idles per socket.
@@ -170,6 +178,7 @@ impl Presence {
                 draining: draining.clone(),
                 expiry,
                 max_connections_per_user: settings.max_connections_per_user,
+                transport_liveness: settings.transport_liveness,
                 rooms: Mutex::default(),
                 subscriptions: subscriptions.clone(),
             }),
