@@ -206,18 +206,26 @@ idle_runs() {
   # size on the previous build and on this one, one after the other in the same run.
   local users variant nats_pid
   nats_pid=$(pgrep -n -x nats-server || true)
-  local variants=(current)
-  [[ -n ${PRESENCE_PREV_BIN:-} ]] && variants=(previous current)
+  # `transport`: this build with PRESENCE_LIVENESS=transport and clients that never send
+  # `user:heartbeat` (only the transport's pings keep them): the edge beats for them.
+  local variants=(current transport)
+  [[ -n ${PRESENCE_PREV_BIN:-} ]] && variants=(previous current transport)
+  local edge_env=${EDGE_ENV:-} beat_flags
   for users in 10000 19000; do
     for variant in "${variants[@]}"; do
-      if [[ $variant == previous ]]; then presence_bin=$PRESENCE_PREV_BIN; else presence_bin=; fi
+      presence_bin= EDGE_ENV=$edge_env beat_flags=()
+      [[ $variant == previous ]] && presence_bin=$PRESENCE_PREV_BIN
+      if [[ $variant == transport ]]; then
+        EDGE_ENV="$edge_env PRESENCE_LIVENESS=transport" beat_flags=(--heartbeat-ms 3600000)
+      fi
       cluster 1
       [[ -n $nats_pid ]] && probes+=(--proc "nats=$nats_pid")
-      load "idle-$variant-$users" "$users" --female-percent 0 --ramp-per-sec 1000 --hold-secs 60
+      load "idle-$variant-$users" "$users" --female-percent 0 --ramp-per-sec 1000 --hold-secs 60 \
+        "${beat_flags[@]}"
       stop_all
     done
   done
-  presence_bin=
+  EDGE_ENV=$edge_env presence_bin=
   python3 scripts/idle_table.py "$out" "${variants[@]}"
 }
 

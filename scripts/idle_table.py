@@ -2,7 +2,8 @@
 """The idle-cost table of `scripts/bench.sh idle`, from its JSON reports.
 
 usage: idle_table.py OUT_DIR VARIANT... (previous, current)
-Heartbeats in the hold are connections x hold seconds / 5 (one every 5 s).
+Heartbeats in the hold are connections x hold seconds / 5 (one every 5 s): sent by the
+clients, or (variant `transport`) made by the edge for open sockets whose clients send none.
 """
 import json
 import sys
@@ -44,6 +45,7 @@ for users in (10000, 19000):
               f"{us['nats']:.2f} | **{both:.2f}** | {per_conn_s:.2f} | "
               f"{edge['rss_kb_per_connection'] if edge else float('nan')} |")
 for users in (10000, 19000):
-    if (users, "previous") in rows and (users, "current") in rows:
-        ratio = rows[(users, "current")] / rows[(users, "previous")]
-        print(f"{users}: current / previous CPU per heartbeat = {ratio:.2f}")
+    for variant in ("current", "transport"):
+        if (users, "previous") in rows and (users, variant) in rows:
+            ratio = rows[(users, variant)] / rows[(users, "previous")]
+            print(f"{users}: {variant} / previous, edge + aggregator CPU = {ratio:.2f}")
