@@ -58,14 +58,18 @@ pub(crate) struct Edges {
 }
 
 impl Edges {
-    /// The index of `node`, registering it if new.
-    pub(crate) fn index(&mut self, node: &NodeId) -> EdgeIndex {
-        if let Some(i) = self
-            .slots
+    /// The index of `node`, if known.
+    fn find(&self, node: &NodeId) -> Option<EdgeIndex> {
+        self.slots
             .iter()
             .position(|slot| slot.as_ref().is_some_and(|e| e.node == *node))
-        {
-            return i as EdgeIndex;
+            .map(|i| i as EdgeIndex)
+    }
+
+    /// The index of `node`, registering it if new.
+    pub(crate) fn index(&mut self, node: &NodeId) -> EdgeIndex {
+        if let Some(i) = self.find(node) {
+            return i;
         }
         let edge = Some(Edge {
             node: node.clone(),
@@ -133,20 +137,18 @@ impl Edges {
     /// `node` released its lease (it drains): its connections go back to their heartbeat
     /// timeout. A release of an incarnation other than the one holding changes nothing.
     pub(crate) fn release(&mut self, node: &NodeId, incarnation: u64) {
-        let index = self.index(node);
+        let Some(index) = self.find(node) else {
+            return;
+        };
         if let Some(edge) = self.slot(index)
             && edge
                 .lease
                 .is_some_and(|held| held.incarnation == incarnation)
         {
             edge.lease = None;
-        }
-        // Registered by the lookup above if it was unknown: forgotten again if it holds nothing.
-        if let Some(edge) = self.slot(index)
-            && edge.conns == 0
-            && edge.lease.is_none()
-        {
-            self.slots[index as usize] = None;
+            if edge.conns == 0 {
+                self.slots[index as usize] = None;
+            }
         }
     }
 
