@@ -94,12 +94,13 @@ bench-persister: ## rows/s of the persister on a burst of 10,000 changes (real N
 	$(CARGO) build --release -p presence -p presence-bench
 	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-persister 10000
 
-check-infra: ## the compose file, the load balancer, Prometheus (alert rules and their unit tests) and the Grafana dashboard are valid
+check-infra: ## the compose file, the load balancer, Prometheus (alert rules and their unit tests), the Grafana dashboard and the Kubernetes manifests are valid
 	docker-compose -f infra/docker-compose.yml config -q
 	haproxy -c -q -f infra/haproxy.cfg
 	promtool check config infra/prometheus/prometheus.yml
 	cd infra/prometheus && promtool test rules alerts.test.yml
 	python3 -m json.tool infra/grafana/presence.json > /dev/null
+	scripts/check-k8s.sh
 
 # Operator replays against the cluster at NATS_URL / PRESENCE_NAMESPACE (DATABASE_URL for
 # rebuild). ARGS narrows the range, e.g. ARGS="--from-seq 1000 --tenant default".

@@ -112,6 +112,9 @@ pub enum EdgeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The OpenAPI description could not be encoded.
+    #[error("cannot encode the OpenAPI description: {0}")]
+    Description(#[from] serde_json::Error),
     /// The public listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

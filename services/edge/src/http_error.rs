@@ -40,9 +40,13 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The error answer of the backend API and the operators' endpoints.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ApiErrorBody)]
+pub(crate) struct ErrorBody<'a> {
+    /// The status' reason phrase, e.g. `Bad Request`.
     error: &'a str,
+    /// What was wrong, naming the field or the limit.
     message: &'a str,
 }
 

@@ -22,6 +22,7 @@ mod http_error;
 mod ingress;
 mod keys;
 mod metric_families;
+mod openapi;
 mod ops;
 mod presence;
 mod wire;
@@ -173,6 +174,7 @@ impl Edge {
             tasks,
             shutdown.clone(),
         );
+        let described = openapi::Served::new(environment)?;
         let auth = Arc::new(HttpAuth::new(verifier, environment));
         let api = api::routes(api::ApiContext {
             auth: auth.clone(),
@@ -200,6 +202,14 @@ impl Edge {
             .merge(active_users.routes())
             .merge(api)
             .merge(ops)
+            .merge(
+                Router::new()
+                    .route(
+                        "/api/openapi.json",
+                        axum::routing::get(openapi::openapi_json),
+                    )
+                    .with_state(described),
+            )
             .layer(socket_io)
             .layer(axum::middleware::map_request(presence::detach_request_head));
         serve(

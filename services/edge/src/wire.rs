@@ -13,22 +13,27 @@ use presence_events::{
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
+use utoipa::ToSchema;
 
 /// What clients receive about one user: the `presence-update` payload and each entry of a
 /// `presence:query` answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PresenceUpdate {
     /// The user.
+    #[schema(value_type = String)]
     pub(crate) user_id: UserId,
     /// `online`, `offline`, `live` or `in_call`.
+    #[schema(value_type = crate::openapi::StatusName)]
     pub(crate) status: Status,
     /// Whether the user has a live connection.
     pub(crate) online: bool,
     /// RFC 3339 time the user was last seen, or `null` if never.
+    #[schema(required = true, format = DateTime)]
     pub(crate) last_seen: Option<String>,
-    /// Details of `live` / `in_call`.
+    /// Details of `live` / `in_call`: the JSON object the status was set with.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub(crate) details: Option<Details>,
 }
 
@@ -201,12 +206,19 @@ impl Announcements {
 }
 
 /// A customer's metrics as clients see them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MetricsData {
+    /// The customer.
+    #[schema(value_type = String)]
     pub(crate) customer_id: TenantId,
+    /// When the count was taken, in ms since the epoch (the time of the answer before the
+    /// first count).
+    #[schema(value_type = u64)]
     pub(crate) timestamp: Millis,
+    /// Sessions (browsers) on the customer's site now.
     pub(crate) count: u64,
+    /// The count smoothed by an exponential moving average, two decimals.
     pub(crate) ema: f64,
 }
 

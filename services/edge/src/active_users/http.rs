@@ -1,27 +1,38 @@
 //! The active-users HTTP fallback: `POST /presence/{join,beat,leave}` (answered
 //! `{"success": true}` once the event is durably in the log) and `GET /metrics?customerId=`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use presence_events::{EventBody, Millis, TenantId, Transport};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ActiveUsersContext;
-use super::protocol::{InputError, leave, parse_tab_request};
-use super::rate_limit::{RateInfo, Verdict, rate_headers, too_many_requests};
+use super::protocol::{InputError, TabRequestBody, leave, parse_tab_request};
+use super::rate_limit::{RateInfo, TooManyRequests, Verdict, rate_headers, too_many_requests};
 use crate::wire::MetricsData;
 
 /// How much longer than a beat flush an HTTP beat waits for its batch to be durable before
 /// it is answered 503.
 const BEAT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a tab does (`POST /presence/{action}`).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(super) enum TabAction {
+    Join,
+    Beat,
+    Leave,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Action {
@@ -40,18 +51,42 @@ impl Action {
     }
 }
 
-#[derive(Serialize)]
-struct Success {
+/// The event is durably in the log.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Success {
+    /// Always `true`.
     success: bool,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// A refusal of the active-users endpoints.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ActiveUsersError)]
+pub(super) struct ErrorBody<'a> {
+    /// The status' reason phrase.
     error: &'static str,
+    /// Stable: `invalid_json`, `missing_field`, `invalid_field`, `too_large`, `invalid_body`,
+    /// `invalid_query`, `unknown_action`, `not_a_websocket`, `unavailable`.
     code: &'static str,
+    /// What was wrong.
     message: &'a str,
+    /// The offending field, if one.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'static str>,
+}
+
+/// The query of `GET /metrics`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct MetricsQuery {
+    /// The customer.
+    #[param(
+        required = true,
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_-]+$"
+    )]
+    #[serde(rename = "customerId")]
+    customer_id: Option<String>,
 }
 
 fn refuse(endpoint: &'static str, e: &InputError, info: Option<RateInfo>) -> Response {
@@ -74,7 +109,41 @@ fn refuse(endpoint: &'static str, e: &InputError, info: Option<RateInfo>) -> Res
     }
 }
 
+/// The answer to a `GET /ws/active-users` that is not a WebSocket upgrade.
+pub(super) fn not_a_websocket(rejection: &WebSocketUpgradeRejection) -> Response {
+    metrics::counter!("presence_http_rejected_total", "endpoint" => "ws", "reason" => "not_a_websocket")
+        .increment(1);
+    let status = rejection.status();
+    let message = rejection.body_text();
+    let body = Json(ErrorBody {
+        error: status.canonical_reason().unwrap_or("Bad Request"),
+        code: "not_a_websocket",
+        message: &message,
+        field: None,
+    });
+    (status, body).into_response()
+}
+
 /// `POST /presence/{join,beat,leave}`.
+#[utoipa::path(
+    post,
+    path = "/presence/{action}",
+    tag = "active-users",
+    summary = "A tab joins, beats (every 30 s) or leaves",
+    description = "Answered once the event is durably in the log. A tab that stops beating is \
+        swept after the session timeout (60 s). Allowed from any origin (CORS), rate limited \
+        per IP address and per customer.",
+    params(("action" = inline(TabAction), Path, description = "What the tab does")),
+    request_body(content = TabRequestBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored", body = Success),
+        (status = 400, description = "The body is not a valid request: `code` and `field` say why", body = ErrorBody),
+        (status = 404, description = "Not join, beat or leave (`unknown_action`)", body = ErrorBody),
+        (status = 413, description = "The body is over 4 KiB (`too_large`)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = TooManyRequests),
+        (status = 503, description = "The log did not take the event: retry", body = ErrorBody),
+    )
+)]
 pub(super) async fn tab_event(
     State(cx): State<Arc<ActiveUsersContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -208,20 +277,35 @@ async fn append(cx: &ActiveUsersContext, endpoint: &'static str, event: EventBod
 }
 
 /// `GET /metrics?customerId=`: the customer's latest count and EMA.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "active-users",
+    summary = "A customer's count of people on its site and its EMA",
+    description = "The latest tick of the aggregator (every second or so); `count` 0 before the \
+        first. Allowed from any origin (CORS), rate limited like the tab events.",
+    params(MetricsQuery),
+    responses(
+        (status = 200, description = "The latest figures", body = MetricsData),
+        (status = 400, description = "`customerId` is missing or not a customer id", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = TooManyRequests),
+    )
+)]
 pub(super) async fn metrics(
     State(cx): State<Arc<ActiveUsersContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> Response {
     let ip = cx.limits.client_ip(peer, &headers);
-    let customer = match query.get("customerId").map(String::as_str) {
-        None | Some("") => Err(InputError {
+    let customer = match query.as_ref().map(|q| q.customer_id.as_deref()) {
+        Err(rejection) => Err(InputError::general("invalid_query", rejection.body_text())),
+        Ok(None | Some("")) => Err(InputError {
             code: "missing_field",
             field: Some("customerId"),
             message: "customerId query parameter is required".into(),
         }),
-        Some(raw) => TenantId::parse(raw).map_err(|e| InputError {
+        Ok(Some(raw)) => TenantId::parse(raw).map_err(|e| InputError {
             code: "invalid_field",
             field: Some("customerId"),
             message: e.to_string(),

@@ -23,6 +23,7 @@ use presence_log::{EventLog, LatestFeed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{Any, CorsLayer};
+use utoipa::OpenApi;
 
 use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
 use crate::wire::Announcements;
@@ -123,6 +124,62 @@ impl ActiveUsers {
             .layer(DefaultBodyLimit::max(64 * 1024))
             .with_state(self.cx.clone())
     }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(http::tab_event, http::metrics, websocket::upgrade))]
+struct Described;
+
+/// The description of the active-users endpoints, with the rate-limit headers of every
+/// answer that went through the limiter.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{Object, RefOr, Type};
+    let integer = |description: &str| {
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(Object::with_type(Type::Integer)))
+                .description(Some(description))
+                .build(),
+        )
+    };
+    let mut doc = Described::openapi();
+    for item in doc.paths.paths.values_mut() {
+        for op in [item.get.as_mut(), item.post.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            for (status, answer) in &mut op.responses.responses {
+                let RefOr::T(answer) = answer else { continue };
+                // The upgrade, and an unknown action, are answered before the limiter.
+                if matches!(status.as_str(), "101" | "404" | "426")
+                    || op.operation_id.as_deref() == Some("upgrade")
+                {
+                    continue;
+                }
+                let headers = &mut answer.headers;
+                headers.insert(
+                    "X-RateLimit-Limit".into(),
+                    integer("Requests allowed per minute to this client (IP address or customer, whichever blocks first)"),
+                );
+                headers.insert(
+                    "X-RateLimit-Remaining".into(),
+                    integer("Requests left in the current minute"),
+                );
+                headers.insert(
+                    "X-RateLimit-Reset".into(),
+                    integer("Seconds until the budget is full again"),
+                );
+                if matches!(status.as_str(), "429" | "503") {
+                    headers.insert(
+                        "Retry-After".into(),
+                        integer("Seconds to wait before retrying"),
+                    );
+                }
+            }
+        }
+    }
+    doc
 }
 
 /// Keeps per-client and per-customer memory bounded: rate-limit keys idle for a full window

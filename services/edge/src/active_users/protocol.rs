@@ -9,6 +9,30 @@ use serde_json::{Map, Value};
 /// Largest accepted WebSocket frame or HTTP body, in bytes.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
 
+/// The body of `POST /presence/{join,beat,leave}` as described to integrators; it is parsed
+/// by [`parse_tab_request`], which says field by field what was wrong.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"customerId": "shop-42", "sessionId": "b7f3c2", "tabId": "t-1"}))]
+#[allow(dead_code)]
+pub(crate) struct TabRequestBody {
+    /// The customer whose site the tab shows.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
+    customer_id: String,
+    /// The browser, shared by its tabs (kept in the browser's storage): counts count these.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
+    session_id: String,
+    /// The tab.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
+    tab_id: String,
+    /// The client's clock, ms since the epoch (informative only).
+    timestamp: Option<f64>,
+    /// Kept to its first 512 characters.
+    user_agent: Option<String>,
+    /// Kept to its first 64 characters.
+    platform: Option<String>,
+}
+
 /// A join / beat / leave request (HTTP) or an `auth` message (WebSocket).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TabRequest {

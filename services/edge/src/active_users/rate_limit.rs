@@ -36,7 +36,7 @@ pub struct RateLimitConfig {
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, StateInformationMiddleware>;
 
 /// What blocked a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum BlockedBy {
     Ip,
@@ -197,11 +197,15 @@ pub(crate) fn rate_headers(info: RateInfo) -> [(HeaderName, HeaderValue); 3] {
     ]
 }
 
-#[derive(Serialize)]
+/// The `429` answer's body.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TooManyRequests {
+pub(crate) struct TooManyRequests {
+    /// `Too Many Requests`.
     error: &'static str,
+    /// The limit and when to retry.
     message: String,
+    /// Which budget ran out.
     blocked_by: BlockedBy,
 }
 

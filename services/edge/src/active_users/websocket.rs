@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -17,11 +18,11 @@ use futures::{SinkExt, StreamExt};
 use presence_events::{Millis, TabKey, Transport};
 use tokio::sync::broadcast;
 
-use super::ActiveUsersContext;
 use super::protocol::{
     ClientMessage, InputError, MAX_MESSAGE_BYTES, TabRequest, leave, parse_client_message,
 };
 use super::rate_limit::{BlockedBy, Verdict};
+use super::{ActiveUsersContext, http};
 use crate::wire::ServerMessage;
 
 /// Invalid messages tolerated before the socket is closed.
@@ -38,12 +39,37 @@ mod close {
 }
 
 /// Upgrades to the active-users protocol.
+#[utoipa::path(
+    get,
+    path = "/ws/active-users",
+    tag = "active-users",
+    summary = "The widget's WebSocket: a tab's presence and its customer's live count",
+    description = "JSON text frames, see docs/active-users.md: `auth` within 10 s, then `ping` \
+        (the tab's beat) answered `pong`, and `metrics:update` on every tick. Bad frames get an \
+        `error` frame; the socket is closed with 4408 (no auth in time), 1009 (frame over \
+        4 KiB), 1008 (repeated garbage) or 4429 (rate limited).",
+    params(
+        ("Connection" = String, Header, description = "Names `Upgrade`", pattern = "(?i)^(.*[ ,])?upgrade([ ,].*)?$"),
+        ("Upgrade" = String, Header, description = "`websocket`", pattern = "(?i)^websocket$"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`", pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455)"),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request (`not_a_websocket`)", body = http::ErrorBody),
+        (status = 426, description = "The connection cannot be upgraded (`not_a_websocket`)", body = http::ErrorBody),
+    )
+)]
 pub(super) async fn upgrade(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(cx): State<Arc<ActiveUsersContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return http::not_a_websocket(&rejection),
+    };
     let ip = cx.limits.client_ip(peer, &headers);
     // Frames past our limit are read (up to 64 KiB) so the client can be told why it is closed.
     // Frames are small: a 4 KiB read buffer instead of the 128 KiB default keeps an idle

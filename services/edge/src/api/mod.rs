@@ -9,8 +9,9 @@ mod writes;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::rejection::JsonRejection;
 use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use presence_auth::Identity;
 use presence_events::{UserId, ViewerClass};
 use presence_store::Store;
@@ -45,6 +46,23 @@ pub(crate) fn routes(cx: ApiContext) -> Router {
         .with_state(Arc::new(cx))
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    reads::get_presence,
+    reads::batch,
+    reads::online,
+    writes::set_status,
+    search::search,
+    writes::put_user
+))]
+struct Described;
+
+/// The description of the backend API.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    Described::openapi()
+}
+
 impl ApiContext {
     fn store(&self) -> Result<&Store, ApiError> {
         self.store.as_ref().ok_or_else(ApiError::needs_database)
@@ -67,6 +85,47 @@ impl ApiContext {
     }
 }
 
+/// The JSON body of a call, decoded as `T`, or a 400 saying what was `expected`. Only an
+/// object is taken: serde would also decode a struct from an array of its fields, which no
+/// client means.
+fn object_body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let refuse = |why: String| ApiError::bad_request(format!("expected {expected}: {why}"));
+    let Json(value) = body.map_err(|e| refuse(e.body_text()))?;
+    if !value.is_object() {
+        return Err(refuse("the body is not a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| refuse(e.to_string()))
+}
+
 fn user_id(raw: String, what: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Entry {
+        #[allow(dead_code)]
+        username: Option<String>,
+        #[allow(dead_code)]
+        gender: Option<String>,
+    }
+
+    #[test]
+    fn an_array_body_is_refused_though_serde_would_read_it_as_the_fields() {
+        // Found by schemathesis: `PUT /api/users/{id}` with `[null, null]` was stored.
+        assert!(serde_json::from_value::<Entry>(json!([null, null])).is_ok());
+        let refused = object_body::<Entry>(Ok(Json(json!([null, null]))), "{...}")
+            .expect_err("an array is not an entry");
+        assert!(format!("{refused:?}").contains("not a JSON object"));
+        assert!(object_body::<Entry>(Ok(Json(json!({"username": "ayse"}))), "{...}").is_ok());
+        assert!(object_body::<Entry>(Ok(Json(json!({"username": 5}))), "{...}").is_err());
+    }
 }

@@ -9,11 +9,29 @@ use axum::http::{HeaderMap, StatusCode};
 use presence_events::UserId;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiContext, MAX_USERS, user_id};
+use super::{ApiContext, MAX_USERS, object_body, user_id};
 use crate::http_error::{ApiError, ApiResult};
+use crate::openapi::{ApiErrorBody, UserIdText};
 use crate::wire::PresenceUpdate;
+use utoipa::{IntoParams, ToSchema};
 
 /// `GET /api/presence/{userId}`.
+#[utoipa::path(
+    get,
+    path = "/api/presence/{userId}",
+    tag = "presence",
+    summary = "One user's presence, as the caller may see it",
+    description = "A user the caller may not see, or never seen, reads as offline with \
+        `lastSeen: null`: the answer cannot tell the two apart.",
+    params(("userId" = UserIdText, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The presence", body = PresenceUpdate),
+        (status = 400, description = "Not a user id", body = ApiErrorBody),
+        (status = 401, description = "No valid token", body = ApiErrorBody),
+        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get_presence(
     State(cx): State<Arc<ApiContext>>,
     headers: HeaderMap,
@@ -28,30 +46,43 @@ pub(crate) async fn get_presence(
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no answer"))
 }
 
-#[derive(Deserialize)]
+/// Users to read at once.
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct BatchRequest {
+    /// At most 500.
     #[serde(rename = "userIds")]
+    #[schema(max_items = 500, value_type = Vec<UserIdText>)]
     user_ids: Vec<String>,
 }
 
-#[derive(Serialize)]
+/// Presences, in the order asked.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Presences {
     presence: Vec<PresenceUpdate>,
 }
 
 /// `POST /api/presence/batch {userIds}`.
+#[utoipa::path(
+    post,
+    path = "/api/presence/batch",
+    tag = "presence",
+    summary = "Many users' presence at once (at most 500)",
+    request_body(content = BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Their presence, in the order asked", body = Presences),
+        (status = 400, description = "Not `{userIds: [...]}`, over 500, or an id that is not a user id", body = ApiErrorBody),
+        (status = 401, description = "No valid token", body = ApiErrorBody),
+        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn batch(
     State(cx): State<Arc<ApiContext>>,
     headers: HeaderMap,
-    body: Result<Json<BatchRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Presences> {
     let caller = cx.auth.caller(&headers)?;
-    let Json(request) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "expected {{\"userIds\": [...]}}: {}",
-            e.body_text()
-        ))
-    })?;
+    let request: BatchRequest = object_body(body, r#"{"userIds": [...]}"#)?;
     if request.user_ids.len() > MAX_USERS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_USERS} userIds per call, got {}",
@@ -69,20 +100,42 @@ pub(crate) async fn batch(
     }))
 }
 
-#[derive(Deserialize)]
+/// A page of `GET /api/presence/online`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// Users per page, 1 to 500 (50 if not given).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// The `next` of the previous page.
+    #[param(value_type = Option<UserIdText>)]
     after: Option<String>,
 }
 
-#[derive(Serialize)]
+/// Online users, by user id.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct OnlinePage {
     users: Vec<PresenceUpdate>,
     /// Pass as `after` for the next page; `null` on the last one.
+    #[schema(value_type = Option<String>, required = true)]
     next: Option<UserId>,
 }
 
 /// `GET /api/presence/online?limit=&after=`: online users the caller may see, by user id.
+#[utoipa::path(
+    get,
+    path = "/api/presence/online",
+    tag = "presence",
+    summary = "Who is online, as the caller may see it, a page at a time by user id",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page", body = OnlinePage),
+        (status = 400, description = "`limit` out of range or `after` not a user id", body = ApiErrorBody),
+        (status = 401, description = "No valid token", body = ApiErrorBody),
+        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn online(
     State(cx): State<Arc<ApiContext>>,
     headers: HeaderMap,

@@ -12,31 +12,66 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiContext;
 use crate::http_error::{ApiError, ApiResult};
+use crate::openapi::{ApiErrorBody, UserIdText};
 use crate::wire::PresenceUpdate;
+use utoipa::{IntoParams, ToSchema};
 
 /// Longest search query, in characters.
 const MAX_QUERY_CHARS: usize = 100;
 
-#[derive(Deserialize)]
+/// The query of a search.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct SearchQuery {
+    /// Text to look for in usernames, matched literally (not as a pattern): 1 to 100
+    /// characters, not only white space, no NUL.
+    #[param(
+        required = true,
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     q: Option<String>,
+    /// Most users answered, 1 to 100 (20 if not given).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+/// A user found, with its presence.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Found {
+    #[schema(value_type = UserIdText)]
     user_id: UserId,
+    /// `null` when the directory has none.
+    #[schema(required = true)]
     username: Option<String>,
     presence: PresenceUpdate,
 }
 
-#[derive(Serialize)]
+/// Users found, by username.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct SearchResults {
     users: Vec<Found>,
 }
 
 /// `GET /api/users/search?q=`: users whose username contains `q`, literally.
+#[utoipa::path(
+    get,
+    path = "/api/users/search",
+    tag = "directory",
+    summary = "Users whose username contains a text, with their presence",
+    description = "Users the caller may not see are left out. Needs the database \
+        (`DATABASE_URL` on the edge).",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "The users found", body = SearchResults),
+        (status = 400, description = "`q` missing, blank, too long or with NUL; `limit` out of range", body = ApiErrorBody),
+        (status = 401, description = "No valid token", body = ApiErrorBody),
+        (status = 503, description = "No database, or it did not answer: retry", body = ApiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn search(
     State(cx): State<Arc<ApiContext>>,
     headers: HeaderMap,

@@ -10,31 +10,62 @@ use presence_events::{Details, EventBody, SetStatus, ViewerClass};
 use presence_store::UserRecord;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiContext, user_id};
+use super::{ApiContext, object_body, user_id};
 use crate::http_error::{ApiError, ApiResult};
+use crate::openapi::{ApiErrorBody, SettableStatus, UserIdText};
+use utoipa::ToSchema;
 
-#[derive(Deserialize)]
+/// A status to set.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"status": "live", "details": {"title": "Evening stream"}}))]
 pub(crate) struct StatusRequest {
+    #[schema(value_type = SettableStatus)]
     status: String,
+    /// Forwarded as given with the status (a JSON object, at most 4 KiB encoded).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     details: Option<serde_json::Value>,
 }
 
-#[derive(Serialize)]
-pub(crate) struct Ok {
+/// The write was taken.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Saved {
+    /// Always `true`.
     ok: bool,
 }
 
 /// `PUT /api/presence/{userId}/status` (service role): sets a connected user's status.
+#[utoipa::path(
+    put,
+    path = "/api/presence/{userId}/status",
+    tag = "presence",
+    summary = "Sets a connected user's status (service role)",
+    description = "`live` or `in_call` (with details) or back to `online`; the change reaches \
+        everyone allowed to see the user. A user goes offline by disconnecting, never by a call.",
+    params(("userId" = UserIdText, Path, description = "The user")),
+    request_body(content = StatusRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Appended to the log", body = Saved),
+        (status = 400, description = "Not a status a service may set, or details that are not an object within 4 KiB", body = ApiErrorBody),
+        (status = 401, description = "No valid token", body = ApiErrorBody),
+        (status = 403, description = "Not a service-role token", body = ApiErrorBody),
+        (status = 409, description = "The user is offline", body = ApiErrorBody),
+        (status = 503, description = "The log did not take it (or token authentication is not configured): retry", body = ApiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn set_status(
     State(cx): State<Arc<ApiContext>>,
     headers: HeaderMap,
     Path(user): Path<String>,
-    body: Result<Json<StatusRequest>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Ok> {
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Saved> {
     let caller = cx.auth.service(&headers)?;
     let user = user_id(user, "userId")?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(format!("expected {{\"status\": \"live\" | \"in_call\" | \"online\", \"details\"?: {{...}}}}: {}", e.body_text())))?;
+    let request: StatusRequest = object_body(
+        body,
+        r#"{"status": "live" | "in_call" | "online", "details"?: {...}}"#,
+    )?;
     let status =
         SetStatus::parse(&request.status).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let details = match request.details {
@@ -64,30 +95,47 @@ pub(crate) async fn set_status(
                 "status not saved: presence is unavailable right now; retry",
             )
         })?;
-    Ok(Json(Ok { ok: true }))
+    Ok(Json(Saved { ok: true }))
 }
 
-#[derive(Deserialize)]
+/// A directory entry.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"username": "ayse", "gender": "female"}))]
 pub(crate) struct UserRequest {
+    /// What search finds: at most 100 characters, no NUL.
+    #[schema(max_length = 100, pattern = r"^[^\u0000]*$")]
     username: Option<String>,
+    /// Decides the user's visibility class (`male`, `female`; anything else is `other`).
     gender: Option<String>,
 }
 
 /// `PUT /api/users/{userId}` (service role): creates or updates a directory entry.
+#[utoipa::path(
+    put,
+    path = "/api/users/{userId}",
+    tag = "directory",
+    summary = "Creates or updates a user's directory entry (service role)",
+    description = "Needs the database (`DATABASE_URL` on the edge).",
+    params(("userId" = UserIdText, Path, description = "The user")),
+    request_body(content = UserRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored", body = Saved),
+        (status = 400, description = "Not `{username?, gender?}`, or a username over 100 characters or with NUL", body = ApiErrorBody),
+        (status = 401, description = "No valid token", body = ApiErrorBody),
+        (status = 403, description = "Not a service-role token", body = ApiErrorBody),
+        (status = 503, description = "No database, or it did not answer (or token authentication is not configured): retry", body = ApiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn put_user(
     State(cx): State<Arc<ApiContext>>,
     headers: HeaderMap,
     Path(user): Path<String>,
-    body: Result<Json<UserRequest>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Ok> {
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Saved> {
     let caller = cx.auth.service(&headers)?;
     let user = user_id(user, "userId")?;
-    let Json(request) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "expected {{\"username\"?, \"gender\"?}}: {}",
-            e.body_text()
-        ))
-    })?;
+    let request: UserRequest = object_body(body, r#"{"username"?, "gender"?}"#)?;
     if request
         .username
         .as_ref()
@@ -110,5 +158,5 @@ pub(crate) async fn put_user(
             "directory unavailable right now; retry",
         )
     })?;
-    Ok(Json(Ok { ok: true }))
+    Ok(Json(Saved { ok: true }))
 }

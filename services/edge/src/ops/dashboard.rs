@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use super::OpsContext;
 use crate::active_users::CustomerHistory;
 use crate::http_error::ApiError;
+use crate::openapi::ApiErrorBody;
 use crate::wire::TenantPresence;
 
 /// Online users sent in a snapshot; the page says when there are more.
@@ -36,6 +37,15 @@ struct Snapshot {
 }
 
 /// `GET /dashboard`.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "operations",
+    summary = "The live dashboard page",
+    description = "A self-contained page reading `/api/dashboard/stream` (it asks for a service \
+        token outside development).",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
 pub(super) async fn page() -> Response {
     (
         [(
@@ -51,6 +61,22 @@ pub(super) async fn page() -> Response {
 
 /// `GET /api/dashboard/stream`: operators only outside development (`Authorization: Bearer`
 /// with a service-role token), like the debug endpoints.
+#[utoipa::path(
+    get,
+    path = "/api/dashboard/stream",
+    tag = "operations",
+    summary = "Server-Sent Events of this edge: a snapshot, then every tick and change (operators)",
+    description = "Events: `snapshot` (every customer's recent counts and EMAs, the online \
+        users), then `metrics` (a customer's tick, as `GET /metrics` answers it) and `presence` \
+        (a user's change, with its tenant) as they reach this edge. The stream does not end \
+        until the client or the edge closes it.",
+    responses(
+        (status = 200, description = "The stream", body = String, content_type = "text/event-stream"),
+        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
+        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
+        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn stream(
     State(cx): State<Arc<OpsContext>>,
     headers: HeaderMap,

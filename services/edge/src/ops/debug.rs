@@ -12,17 +12,23 @@ use serde::Serialize;
 
 use super::OpsContext;
 use crate::http_error::{ApiError, ApiResult};
+use crate::openapi::ApiErrorBody;
+use utoipa::ToSchema;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Difference {
     tenant: String,
     user_id: String,
+    /// The status in the live state (`null`: offline there).
+    #[schema(required = true)]
     live: Option<String>,
+    /// The status in the database projection (`null`: offline there).
+    #[schema(required = true)]
     database: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct OnlineCheck {
     live_online: usize,
@@ -33,6 +39,18 @@ pub(super) struct OnlineCheck {
 
 /// `GET /api/check-online-status`: the database projection against the live state. Open in
 /// development, service role otherwise.
+#[utoipa::path(
+    get,
+    path = "/api/check-online-status",
+    tag = "operations",
+    summary = "The database projection against the live state (operators)",
+    responses(
+        (status = 200, description = "Who is online in each, and where they differ", body = OnlineCheck),
+        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
+        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
+        (status = 503, description = "No database, or it did not answer (or token authentication is not configured)", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn check_online_status(
     State(cx): State<Arc<OpsContext>>,
     headers: HeaderMap,
@@ -78,7 +96,7 @@ pub(super) async fn check_online_status(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct DebugUser {
     tenant: String,
@@ -86,10 +104,11 @@ pub(super) struct DebugUser {
     status: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct DebugPresence {
-    /// The newest figures of each partition.
+    /// The newest figures of each partition (as in the stats stream, docs/events.md).
+    #[schema(value_type = Vec<Object>)]
     cluster: Vec<presence_events::ClusterStats>,
     online_count: usize,
     /// The first 1,000 online users, by tenant and id.
@@ -97,6 +116,18 @@ pub(super) struct DebugPresence {
 }
 
 /// `GET /api/debug/presence`: the cluster figures and who is online (operators).
+#[utoipa::path(
+    get,
+    path = "/api/debug/presence",
+    tag = "operations",
+    summary = "The partitions' figures and the first 1,000 online users (operators)",
+    responses(
+        (status = 200, description = "The live state", body = DebugPresence),
+        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
+        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
+        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn debug_presence(
     State(cx): State<Arc<OpsContext>>,
     headers: HeaderMap,
@@ -119,7 +150,7 @@ pub(super) async fn debug_presence(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct DebugSocket {
     tenant: String,
@@ -127,7 +158,7 @@ pub(super) struct DebugSocket {
     connections: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct DebugSockets {
     node: String,
@@ -138,6 +169,18 @@ pub(super) struct DebugSockets {
 }
 
 /// `GET /api/debug/socket-status`: the Socket.io connections of this edge (operators).
+#[utoipa::path(
+    get,
+    path = "/api/debug/socket-status",
+    tag = "operations",
+    summary = "This edge's Socket.io connections, by user (operators)",
+    responses(
+        (status = 200, description = "This edge's sockets", body = DebugSockets),
+        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
+        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
+        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn debug_socket_status(
     State(cx): State<Arc<OpsContext>>,
     headers: HeaderMap,

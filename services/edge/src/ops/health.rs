@@ -9,32 +9,38 @@ use axum::Json;
 use axum::extract::State;
 use presence_events::{Millis, format_rfc3339};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::OpsContext;
 
 /// Figures older than this make the health `degraded`: the aggregator ticks every few seconds.
 const STALE_AFTER_MS: u64 = 30_000;
 
-#[derive(Serialize)]
+/// The cluster's presence figures, every partition, and this edge's sockets.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Health {
     /// `ok`, or `degraded` when the aggregator's figures are missing or older than 30 s, or
     /// the log is unavailable to this edge.
+    #[schema(value_type = String, pattern = "^(ok|degraded)$")]
     status: &'static str,
     /// `available`; `disconnected` while this edge has no connection to the log;
     /// `unavailable` while connected but its appends fail (no quorum, no stream leader).
     /// Connects and writes are refused at once unless `available`.
+    #[schema(value_type = String, pattern = "^(available|disconnected|unavailable)$")]
     log: &'static str,
     presence: PresenceFigures,
     partitions: Vec<PartitionFigures>,
     sockets: SocketFigures,
 }
 
-#[derive(Serialize)]
+/// One partition of the log, as its owner last published it.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PartitionFigures {
     partition: u16,
     /// The aggregator folding it (none: no figures yet).
+    #[schema(required = true)]
     owner: Option<String>,
     epoch: u64,
     /// Events waiting to be folded at its last tick.
@@ -42,24 +48,31 @@ struct PartitionFigures {
     /// Event-log sequence of its last tick.
     seq: u64,
     online_users: u64,
+    #[schema(required = true, format = DateTime)]
     last_sweep_at: Option<String>,
     /// `ok`, `stale` (no tick for 30 s) or `missing`.
+    #[schema(value_type = String, pattern = "^(ok|stale|missing)$")]
     status: &'static str,
 }
 
-#[derive(Serialize, Default)]
+/// Presence over the whole cluster (the partitions summed).
+#[derive(Serialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PresenceFigures {
     online_users: u64,
+    /// The partitions' peaks summed: an upper bound of the cluster's.
     peak_online: u64,
     total_connections: u64,
     total_disconnections: u64,
     total_swepts: u64,
+    /// The oldest of the partitions' last sweeps.
+    #[schema(required = true, format = DateTime)]
     last_sweep_at: Option<String>,
     uptime_ms: u64,
 }
 
-#[derive(Serialize)]
+/// This edge's Socket.io connections.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SocketFigures {
     connected: usize,
@@ -67,6 +80,16 @@ struct SocketFigures {
 }
 
 /// Cluster figures summed over the partitions; socket figures of this edge.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "operations",
+    summary = "The cluster's presence figures, its partitions and this edge's sockets",
+    description = "Always 200: `status` says `degraded` when a partition's figures are missing \
+        or older than 30 s, or this edge cannot append to the log. For a balancer's probe use \
+        the admin listener's `/readyz` and `/livez`.",
+    responses((status = 200, description = "The figures", body = Health))
+)]
 pub(super) async fn health(State(cx): State<Arc<OpsContext>>) -> Json<Health> {
     let (connected, connected_users) = cx.presence.local.counts();
     let now = Millis::now();

@@ -25,6 +25,32 @@ use crate::presence::Presence;
 use crate::wire::Announcements;
 use cluster::ClusterFigures;
 
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    health::health,
+    debug::check_online_status,
+    debug::debug_presence,
+    debug::debug_socket_status,
+    dashboard::page,
+    dashboard::stream
+))]
+struct Described;
+
+/// The description of the operators' endpoints in `environment` (who may call them).
+pub(crate) fn openapi(environment: presence_config::Environment) -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut doc = Described::openapi();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if path == "/api/health" || path == "/dashboard" {
+            continue;
+        }
+        if let Some(op) = item.get.as_mut() {
+            op.security = Some(crate::openapi::operator_security(environment));
+        }
+    }
+    doc
+}
+
 /// What the operators' handlers read.
 struct OpsContext {
     node: NodeId,
