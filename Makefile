@@ -4,7 +4,7 @@
 CARGO ?= cargo
 JWT_SECRET ?= dev-secret
 
-.PHONY: cluster run build test test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-delivery bench-capacity bench-aggregator bench-partitions bench-idle bench-failover bench-persister bench-history chaos check-infra replay-rebuild replay-timeline replay-metrics
+.PHONY: cluster run build test fuzz fuzz-smoke test-unit lint fmt interop-deps sdk test-sdk bench bench-full bench-churn bench-fanout bench-delivery bench-capacity bench-aggregator bench-partitions bench-idle bench-failover bench-persister bench-history chaos check-infra replay-rebuild replay-timeline replay-metrics
 
 run: ## presence standalone on 127.0.0.1:3000 (admin :9100), development settings
 	JWT_SECRET=$(JWT_SECRET) PRESENCE_ENV=development $(CARGO) run --release -p presence -- standalone
@@ -24,8 +24,14 @@ sdk: ## the browser SDK: sdk/dist (ES modules + type declarations)
 test-sdk: sdk ## the SDK's unit tests (leader election, backoff)
 	cd sdk && npm test
 
-test: build interop-deps test-sdk ## every test: unit, SDK, end-to-end (real NATS + PostgreSQL), interop, browser (Chromium)
+test: build interop-deps test-sdk fuzz-smoke ## every test: unit, SDK, fuzz smoke, end-to-end (real NATS + PostgreSQL), interop, browser (Chromium)
 	scripts/with-services.sh $(CARGO) test --workspace
+
+fuzz: ## every fuzz target of fuzz/ for FUZZ_SECONDS each (default 300); needs cargo-fuzz
+	scripts/fuzz.sh $(or $(FUZZ_SECONDS),300)
+
+fuzz-smoke: ## every fuzz target for 10 s (part of make test)
+	scripts/fuzz.sh 10
 
 test-unit:
 	$(CARGO) test --workspace --lib

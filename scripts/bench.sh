@@ -47,6 +47,9 @@ role_env=(
   JWT_SECRET=$secret PRESENCE_ENV=production RUST_LOG=warn
   PRESENCE_HEARTBEAT_TIMEOUT_MS=$timeout_ms PRESENCE_SWEEP_INTERVAL_MS=$sweep_ms
   PRESENCE_RATE_LIMIT_IP_PER_MIN=100000000 PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN=100000000
+  # Every simulated client connects from 127.0.0.1.
+  PRESENCE_MAX_CONNECTIONS_PER_IP=0 PRESENCE_CONNECTS_PER_IP_PER_MIN=0
+  PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER=0
   # Every cluster run has streams of its own, and JetStream reserves each one's limit: 512 MiB
   # (the largest run appends about 150 MB) keeps the whole suite within the server's store.
   PRESENCE_EVENTS_MAX_BYTES=536870912

@@ -83,6 +83,10 @@ impl Proc {
             .env("PRESENCE_SWEEP_INTERVAL_MS", SWEEP_INTERVAL_MS.to_string())
             .env("PRESENCE_BEAT_FLUSH_MS", "100")
             .env("PRESENCE_EVENTS_MAX_BYTES", (64 * 1024 * 1024).to_string())
+            // Every test client connects from 127.0.0.1; the tests of these limits set them.
+            .env("PRESENCE_MAX_CONNECTIONS_PER_IP", "0")
+            .env("PRESENCE_CONNECTS_PER_IP_PER_MIN", "0")
+            .env("PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use presence_auth::{KeyError, Verifier};
 use presence_config::{Environment, Secret};
 
-use crate::active_users::RateLimitConfig;
+use crate::active_users::{RateLimitConfig, UnlistedOrigins};
 use crate::presence::VisibilityPolicy;
 
 /// JWT signature algorithms accepted (one is pinned per deployment).
@@ -78,6 +78,11 @@ pub struct EdgeConfig {
     /// Slots are allocated as they fill: an idle connection costs the same at any size.
     #[arg(long, env = "PRESENCE_SOCKET_BUFFER", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub socket_buffer: u64,
+    /// Largest Socket.io packet a client may send (bytes): a WebSocket message over it closes
+    /// the socket (1009), a polling POST whose body is over it is answered 413 `too_large`.
+    /// The largest a client needs is a `presence:subscribe` of PRESENCE_MAX_SUBSCRIPTIONS ids.
+    #[arg(long, env = "PRESENCE_MAX_PACKET_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1_024..=16_777_216))]
+    pub max_packet_bytes: u64,
     /// Socket.io connections one user may have open on one edge (tabs and devices); the next
     /// is refused with `connect_error` "too many connections for this user".
     #[arg(long, env = "PRESENCE_MAX_CONNECTIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -90,6 +95,40 @@ pub struct EdgeConfig {
     /// frame per window, with the latest state of each user changed in it.
     #[arg(long, env = "PRESENCE_BATCH_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=10_000))]
     pub batch_ms: u64,
+    /// Open connections one client address may hold on this edge (Socket.io, WebSockets, HTTP
+    /// keep-alive); the next is answered 429 `too_many_connections` and closed. 0: no limit.
+    /// The addresses of PRESENCE_TRUSTED_PROXIES (the balancers) are not limited.
+    #[arg(long, env = "PRESENCE_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
+    pub max_connections_per_ip: u32,
+    /// New connections one client address may open per minute on this edge; over it, 429
+    /// `too_many_connects` with `Retry-After`. 0: no limit. Balancers are not limited.
+    #[arg(long, env = "PRESENCE_CONNECTS_PER_IP_PER_MIN", default_value_t = 600)]
+    pub connects_per_ip_per_min: u32,
+    /// Time a client has to send a request's headers (ms): a connection that trickles them
+    /// (slowloris) is closed.
+    #[arg(long, env = "PRESENCE_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub http_header_timeout_ms: u64,
+    /// Time a request with a body (POST, PUT) has to be sent and answered (ms); over it, 408
+    /// `request_timeout` and the connection is closed.
+    #[arg(long, env = "PRESENCE_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub http_body_timeout_ms: u64,
+    /// Origins allowed to call the active-users endpoints, per customer:
+    /// `shop-42=https://shop42.com|https://www.shop42.com;shop-7=https://seven.example`. A
+    /// listed customer is refused (403 / close 4403 `origin_not_allowed`) to any other origin.
+    #[arg(long, env = "PRESENCE_CUSTOMER_ORIGINS", default_value = "")]
+    pub customer_origins: String,
+    /// What a customer missing from PRESENCE_CUSTOMER_ORIGINS accepts: `any` origin, or `none`.
+    #[arg(long, env = "PRESENCE_CUSTOMER_ORIGINS_DEFAULT", value_enum, default_value_t = UnlistedOrigins::Any)]
+    pub unlisted_origins: UnlistedOrigins,
+    /// Sessions (browsers) one client address may count for one customer: a join or beat of
+    /// one more is answered 429 `too_many_sessions` (WebSocket: close 4429). A session is held
+    /// while seen in the last 3 minutes. 0: no limit.
+    #[arg(
+        long,
+        env = "PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER",
+        default_value_t = 50
+    )]
+    pub max_sessions_per_ip_per_customer: u32,
     /// Rate limits of the active-users endpoints.
     #[command(flatten)]
     pub rate_limits: RateLimitConfig,
@@ -112,6 +151,9 @@ pub enum EdgeError {
         /// Why.
         source: std::io::Error,
     },
+    /// PRESENCE_CUSTOMER_ORIGINS does not parse.
+    #[error("PRESENCE_CUSTOMER_ORIGINS: {0}")]
+    Origins(String),
     /// The OpenAPI description could not be encoded.
     #[error("cannot encode the OpenAPI description: {0}")]
     Description(#[from] serde_json::Error),

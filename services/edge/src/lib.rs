@@ -21,6 +21,7 @@ mod http_auth;
 mod http_error;
 mod ingress;
 mod keys;
+mod listener;
 mod metric_families;
 mod openapi;
 mod ops;
@@ -141,6 +142,7 @@ impl Edge {
             },
             policy: config.visibility_rules.clone(),
             socket_buffer: config.socket_buffer as usize,
+            max_packet_bytes: config.max_packet_bytes as usize,
             max_connections_per_user: config.max_connections_per_user,
             max_subscriptions: config.max_subscriptions as usize,
             batch_window: std::time::Duration::from_millis(config.batch_ms),
@@ -165,6 +167,12 @@ impl Edge {
         let active_users = ActiveUsers::start(
             ActiveUsersSettings {
                 limits: &config.rate_limits,
+                origins: active_users::OriginPolicy::parse(
+                    &config.customer_origins,
+                    config.unlisted_origins,
+                )
+                .map_err(EdgeError::Origins)?,
+                sessions_per_address: config.max_sessions_per_ip_per_customer,
                 auth_timeout: Duration::from_millis(config.ws_auth_timeout_ms),
                 announcements: announcements.clone(),
             },
@@ -211,9 +219,13 @@ impl Edge {
                     .with_state(described),
             )
             .layer(socket_io)
-            .layer(axum::middleware::map_request(presence::detach_request_head));
+            .layer(axum::middleware::map_request(presence::detach_request_head))
+            .layer(axum::middleware::from_fn_with_state(
+                config.max_packet_bytes,
+                presence::refuse_oversized_polls,
+            ));
         serve(
-            &config.http_addr,
+            ListenerSettings::of(&config),
             app,
             presence,
             ingress,
@@ -225,10 +237,35 @@ impl Edge {
     }
 }
 
-/// Serves `app` on `addr` until `shutdown`, then drains: out of the balancer's rotation,
-/// sockets closed without leaves, the last heartbeats flushed.
+/// How the public listener treats connections.
+struct ListenerSettings {
+    addr: String,
+    door: listener::DoorLimits,
+    header_timeout: Duration,
+    body_timeout: Duration,
+}
+
+impl ListenerSettings {
+    fn of(config: &EdgeConfig) -> Self {
+        Self {
+            addr: config.http_addr.clone(),
+            door: listener::DoorLimits {
+                connections_per_ip: config.max_connections_per_ip,
+                connects_per_ip_per_min: config.connects_per_ip_per_min,
+                exempt: config.rate_limits.trusted_proxies.clone(),
+            },
+            header_timeout: Duration::from_millis(config.http_header_timeout_ms),
+            body_timeout: Duration::from_millis(config.http_body_timeout_ms),
+        }
+    }
+}
+
+/// Serves `app` on the listener's address until `shutdown`, then drains: out of the balancer's rotation,
+/// sockets closed without leaves, the last heartbeats flushed. Each connection passes the
+/// door first ([`listener`]); HTTP/1.1 with upgrades, a deadline for each request's headers
+/// and for each request with a body.
 async fn serve(
-    addr: &str,
+    settings: ListenerSettings,
     app: Router,
     presence: Arc<Presence>,
     ingress: Ingress,
@@ -237,28 +274,162 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, EdgeError> {
     let bind_error = |source| EdgeError::Bind {
-        addr: addr.to_owned(),
+        addr: settings.addr.clone(),
         source,
     };
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = tokio::net::TcpListener::bind(&settings.addr)
         .await
         .map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
+    let door = listener::Door::new(settings.door.clone());
+    let forgetting = door.clone();
+    let stop_forgetting = shutdown.clone();
     tasks.spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = every.tick() => forgetting.forget_idle(),
+                () = stop_forgetting.cancelled() => return,
+            }
+        }
+    });
+    tasks.spawn(async move {
+        let connections = TaskTracker::new();
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let stop = async {
             shutdown.cancelled().await;
             readiness.set(false);
             presence.drain().await;
-        })
-        .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "public listener failed");
+        };
+        tokio::pin!(stop);
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = &mut stop => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, most often: wait rather than spin.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let ticket = match door.admit(peer.ip()) {
+                Ok(ticket) => ticket,
+                Err(refusal) => {
+                    metrics::counter!("presence_connections_refused_total", "reason" => refusal.reason())
+                        .increment(1);
+                    connections.spawn(refuse(stream, refusal));
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            connections.spawn(serve_connection(
+                listener::Admitted::new(stream, ticket),
+                peer,
+                app.clone(),
+                settings.header_timeout,
+                settings.body_timeout,
+                closed.clone(),
+            ));
         }
+        drop(listener);
+        let _ = closing.send(true);
+        connections.close();
+        connections.wait().await;
         ingress.stop();
     });
     Ok(local_addr)
+}
+
+/// Writes the refusal to a connection turned away at the door, and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, refusal: listener::Refusal) {
+    use tokio::io::AsyncWriteExt;
+    let answer = refusal.answer();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// One HTTP/1.1 connection (and what it upgrades to), until it closes or the edge stops.
+async fn serve_connection(
+    stream: listener::Admitted<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::extract::ConnectInfo;
+    use hyper::body::Incoming;
+    use tower::ServiceExt;
+    let service = hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let with_body = matches!(
+            *request.method(),
+            axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
+        );
+        let answer = app.clone().oneshot(request);
+        async move {
+            if !with_body {
+                return answer.await;
+            }
+            match tokio::time::timeout(body_timeout, answer).await {
+                Ok(answered) => answered,
+                Err(_) => Ok(request_timeout(body_timeout)),
+            }
+        }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connection = http
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served
+                    && e.is_timeout()
+                {
+                    metrics::counter!("presence_connections_refused_total", "reason" => "header_timeout")
+                        .increment(1);
+                }
+                return;
+            }
+            changed = closed.changed(), if !closing => {
+                closing = true;
+                if changed.is_ok() {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request with a body that was not sent (and answered) in time.
+fn request_timeout(within: Duration) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    metrics::counter!("presence_connections_refused_total", "reason" => "body_timeout")
+        .increment(1);
+    let body = axum::Json(serde_json::json!({
+        "error": "Request Timeout",
+        "code": "request_timeout",
+        "message": format!(
+            "the request was not sent and answered within {} ms",
+            within.as_millis()
+        ),
+    }));
+    (
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        [(axum::http::header::CONNECTION, "close")],
+        body,
+    )
+        .into_response()
 }

@@ -220,6 +220,8 @@ fn register_rejections() {
             "binary_not_supported",
             "not_authenticated",
             "already_authenticated",
+            "origin_not_allowed",
+            "too_many_sessions",
         ])
         .collect();
     zero_counters(
@@ -232,18 +234,50 @@ fn register_rejections() {
         "presence_ws_closed_total",
         "Active-users WebSockets closed by the edge, by close code",
         "code",
-        &["1001", "1008", "1009", "1011", "4408", "4429"],
+        &["1001", "1008", "1009", "1011", "4403", "4408", "4429"],
     );
     describe_counter!(
         "presence_http_rejected_total",
         "Active-users HTTP requests refused, by endpoint and reason"
     );
     for endpoint in ["join", "beat", "leave", "metrics"] {
-        for reason in INPUT_ERRORS.iter().chain(&["invalid_body"]) {
+        for reason in INPUT_ERRORS
+            .iter()
+            .chain(&["invalid_body", "invalid_query"])
+        {
             metrics::counter!("presence_http_rejected_total", "endpoint" => endpoint, "reason" => *reason)
                 .absolute(0);
         }
     }
+    metrics::counter!("presence_http_rejected_total", "endpoint" => "ws", "reason" => "not_a_websocket")
+        .absolute(0);
+    metrics::counter!("presence_http_rejected_total", "endpoint" => "unknown", "reason" => "unknown_action")
+        .absolute(0);
+    metrics::counter!("presence_http_rejected_total", "endpoint" => "socket.io", "reason" => "too_large")
+        .absolute(0);
+    zero_counters(
+        "presence_sockets_closed_total",
+        "Socket.io connections closed, by why: the client left, the server closed it, a packet did not parse, the transport failed (a WebSocket message over PRESENCE_MAX_PACKET_BYTES among others), the client stopped answering pings",
+        "reason",
+        &[
+            "client",
+            "server",
+            "bad_packet",
+            "transport_error",
+            "ping_timeout",
+        ],
+    );
+    zero_counters(
+        "presence_connections_refused_total",
+        "Connections of the public listener refused or closed: over a client address' share of open connections or of connects per minute (429), request headers not sent in time (idle keep-alive included), a request with a body not sent and answered in time (408)",
+        "reason",
+        &[
+            "ip_connections",
+            "ip_connects",
+            "header_timeout",
+            "body_timeout",
+        ],
+    );
     zero_counters(
         "presence_api_rejected_total",
         "Backend API and operator requests refused, by HTTP status",
@@ -254,7 +288,7 @@ fn register_rejections() {
         "presence_rate_limited_total",
         "Requests over a rate limit, by what blocked them",
         "blocked_by",
-        &["ip", "customer", "websocket"],
+        &["ip", "customer", "sessions", "websocket"],
     );
     zero_counters(
         "presence_feed_fenced_total",

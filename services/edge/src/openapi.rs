@@ -14,8 +14,12 @@ use presence_events::UserId;
 
 pub(crate) use crate::http_error::ErrorBody as ApiErrorBody;
 use serde::Serialize;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{Components, ObjectBuilder, OpenApi as Document, RefOr, Schema, Type};
+use utoipa::openapi::{
+    Components, ContentBuilder, ObjectBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder,
+    Schema, Type,
+};
 use utoipa::{OpenApi, ToSchema};
 
 /// The name of the auth scheme in the description: `Authorization: Bearer <JWT>`.
@@ -91,6 +95,26 @@ pub(crate) fn document(environment: Environment) -> Document {
     doc.merge(crate::active_users::openapi());
     doc.merge(crate::api::openapi());
     doc.merge(crate::ops::openapi(environment));
+    // Every call that takes a token may be refused for it.
+    for item in doc.paths.paths.values_mut() {
+        for op in [item.get.as_mut(), item.post.as_mut(), item.put.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                refusal(
+                    op,
+                    "401",
+                    "No valid token (missing, expired, wrong signature, issuer or audience)",
+                );
+                refusal(
+                    op,
+                    "503",
+                    "Token authentication is not configured on this edge",
+                );
+            }
+        }
+    }
     let components = doc.components.get_or_insert_with(Components::new);
     components.add_security_scheme(
         BEARER,
@@ -107,6 +131,26 @@ pub(crate) fn document(environment: Environment) -> Document {
         ),
     );
     doc
+}
+
+/// Adds the answer `status` (an [`ApiErrorBody`]) to `op`, unless it already has one.
+pub(crate) fn refusal(op: &mut Operation, status: &str, description: &str) {
+    op.responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ApiErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
 }
 
 /// Who may call an operator's endpoint in `environment`: anyone in development (the empty
@@ -213,5 +257,19 @@ mod tests {
             serde_json::json!([{}, { "bearer": [] }])
         );
         assert!(json["components"]["securitySchemes"]["bearer"].is_object());
+        // Every call that takes a token says how it is refused for it; the open ones do not.
+        for (path, method) in [
+            ("/api/presence/{userId}", "get"),
+            ("/api/users/{userId}", "put"),
+            ("/api/debug/presence", "get"),
+        ] {
+            let answers = &json["paths"][path][method]["responses"];
+            assert!(
+                answers["401"].is_object() && answers["503"].is_object(),
+                "{path}"
+            );
+        }
+        assert!(json["paths"]["/api/debug/presence"]["get"]["responses"]["403"].is_object());
+        assert!(json["paths"]["/api/health"]["get"]["responses"]["401"].is_null());
     }
 }

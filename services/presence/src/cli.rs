@@ -137,7 +137,15 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_BATCH_MS              window of batched delivery (ms)         [50]
   PRESENCE_RATE_LIMIT_IP_PER_MIN         per client IP                   [100]
   PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN   per customer                    [5000]
-  PRESENCE_TRUSTED_PROXIES       proxies trusted for X-Forwarded-For
+  PRESENCE_TRUSTED_PROXIES       proxies trusted for X-Forwarded-For (not limited below)
+  PRESENCE_CUSTOMER_ORIGINS      sites allowed per customer: c=https://a|https://b;…
+  PRESENCE_CUSTOMER_ORIGINS_DEFAULT  any | none, for unlisted customers [any]
+  PRESENCE_MAX_PACKET_BYTES      largest Socket.io packet / polling payload [65536]
+  PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER  active-users sessions   [50]
+  PRESENCE_MAX_CONNECTIONS_PER_IP    open connections per client address [500]
+  PRESENCE_CONNECTS_PER_IP_PER_MIN   new connections per address/min    [600]
+  PRESENCE_HTTP_HEADER_TIMEOUT_MS    to send a request's headers        [10000]
+  PRESENCE_HTTP_BODY_TIMEOUT_MS      to send and answer a POST/PUT      [10000]
   RUST_LOG                       log filter                              [info]";
 
 impl Cli {

@@ -375,6 +375,29 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_token_is_refused_when_an_issuer_and_audience_are_expected_too() {
+        let verifier = Verifier::hs256(SECRET)
+            .unwrap()
+            .expecting(Some("presence-auth"), Some("presence-app"));
+        let good = Claims {
+            iss: Some("presence-auth".into()),
+            aud: Some("presence-app".into()),
+            ..claims("ayse", in_an_hour())
+        };
+        assert!(verifier.verify(&sign_hs256(&good, SECRET).unwrap()).is_ok());
+        let expired = Claims {
+            exp: jsonwebtoken::get_current_timestamp() - 60,
+            ..good
+        };
+        assert_eq!(
+            verifier
+                .verify(&sign_hs256(&expired, SECRET).unwrap())
+                .err(),
+            Some(AuthError::Expired)
+        );
+    }
+
+    #[test]
     fn expired_forged_and_malformed_tokens_are_refused_with_their_reason() {
         let verifier = Verifier::hs256(SECRET).unwrap();
         let expired = sign_hs256(&claims("ayse", 1_000), SECRET).unwrap();

@@ -15,6 +15,7 @@ mod partition;
 mod stats;
 mod status;
 mod subjects;
+pub mod tab_input;
 mod time;
 
 pub use change::{Cause, PresenceChange};

@@ -17,7 +17,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ActiveUsersContext;
 use super::protocol::{InputError, TabRequestBody, leave, parse_tab_request};
-use super::rate_limit::{RateInfo, TooManyRequests, Verdict, rate_headers, too_many_requests};
+use super::rate_limit::{
+    RateInfo, TooManyRequests, Verdict, rate_headers, too_many_requests, too_many_sessions,
+};
 use crate::wire::MetricsData;
 
 /// How much longer than a beat flush an HTTP beat waits for its batch to be durable before
@@ -65,7 +67,8 @@ pub(super) struct ErrorBody<'a> {
     /// The status' reason phrase.
     error: &'static str,
     /// Stable: `invalid_json`, `missing_field`, `invalid_field`, `too_large`, `invalid_body`,
-    /// `invalid_query`, `unknown_action`, `not_a_websocket`, `unavailable`.
+    /// `invalid_query`, `unknown_action`, `not_a_websocket`, `origin_not_allowed`,
+    /// `unavailable`.
     code: &'static str,
     /// What was wrong.
     message: &'a str,
@@ -109,6 +112,26 @@ fn refuse(endpoint: &'static str, e: &InputError, info: Option<RateInfo>) -> Res
     }
 }
 
+/// The request's `Origin`, if it sent one.
+pub(super) fn origin(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The `403` answer to an origin the customer does not allow.
+fn forbidden(endpoint: &'static str, message: &str, info: RateInfo) -> Response {
+    metrics::counter!("presence_http_rejected_total", "endpoint" => endpoint, "reason" => "origin_not_allowed")
+        .increment(1);
+    let body = Json(ErrorBody {
+        error: "Forbidden",
+        code: "origin_not_allowed",
+        message,
+        field: None,
+    });
+    (StatusCode::FORBIDDEN, rate_headers(info), body).into_response()
+}
+
 /// The answer to a `GET /ws/active-users` that is not a WebSocket upgrade.
 pub(super) fn not_a_websocket(rejection: &WebSocketUpgradeRejection) -> Response {
     metrics::counter!("presence_http_rejected_total", "endpoint" => "ws", "reason" => "not_a_websocket")
@@ -138,9 +161,10 @@ pub(super) fn not_a_websocket(rejection: &WebSocketUpgradeRejection) -> Response
     responses(
         (status = 200, description = "Stored", body = Success),
         (status = 400, description = "The body is not a valid request: `code` and `field` say why", body = ErrorBody),
+        (status = 403, description = "The customer does not allow this origin (`origin_not_allowed`, PRESENCE_CUSTOMER_ORIGINS)", body = ErrorBody),
         (status = 404, description = "Not join, beat or leave (`unknown_action`)", body = ErrorBody),
         (status = 413, description = "The body is over 4 KiB (`too_large`)", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = TooManyRequests),
+        (status = 429, description = "Rate limited (`blockedBy` `ip` or `customer`), or the address already counts PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER sessions of the customer (`blockedBy: sessions`)", body = TooManyRequests),
         (status = 503, description = "The log did not take the event: retry", body = ErrorBody),
     )
 )]
@@ -160,6 +184,8 @@ pub(super) async fn tab_event(
                 "unknown_action",
                 "expected /presence/join, /presence/beat or /presence/leave",
             );
+            metrics::counter!("presence_http_rejected_total", "endpoint" => "unknown", "reason" => e.code)
+                .increment(1);
             return (
                 StatusCode::NOT_FOUND,
                 Json(ErrorBody {
@@ -217,6 +243,16 @@ async fn handle(
             retry_after_secs,
         } => return too_many_requests(by, info, retry_after_secs),
     };
+    if let Err(refusal) = cx.origins.check(&request.tab.tenant, origin(headers)) {
+        return forbidden(endpoint, &refusal.message(&request.tab.tenant), info);
+    }
+    if !matches!(action, Action::Leave)
+        && let Err(limit) =
+            cx.sessions
+                .admit(ip, &request.tab.tenant, &request.tab.session, Millis::now())
+    {
+        return too_many_sessions(&request.tab.tenant, limit, info);
+    }
     // Beats join the edge's batch (one append per flush for all of them); joins and leaves
     // are appended at once. Either way the answer waits until the event is durable.
     let stored = match action {
@@ -288,6 +324,7 @@ async fn append(cx: &ActiveUsersContext, endpoint: &'static str, event: EventBod
     responses(
         (status = 200, description = "The latest figures", body = MetricsData),
         (status = 400, description = "`customerId` is missing or not a customer id", body = ErrorBody),
+        (status = 403, description = "The customer does not allow this origin (`origin_not_allowed`)", body = ErrorBody),
         (status = 429, description = "Rate limited", body = TooManyRequests),
     )
 )]
@@ -326,6 +363,9 @@ pub(super) async fn metrics(
     };
     match cx.limits.check(ip, Some(&customer)) {
         Verdict::Allowed(info) => {
+            if let Err(refusal) = cx.origins.check(&customer, origin(&headers)) {
+                return forbidden("metrics", &refusal.message(&customer), info);
+            }
             let data = cx
                 .hub
                 .latest(&customer)

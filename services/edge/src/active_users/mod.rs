@@ -4,8 +4,10 @@
 //! sessions per customer and ticks the EMA; the [`metrics_hub`] brings the ticks back to the
 //! customers' sockets and to `GET /metrics`.
 
+mod address_sessions;
 mod http;
 mod metrics_hub;
+mod origins;
 mod protocol;
 mod rate_limit;
 mod websocket;
@@ -22,15 +24,19 @@ use presence_events::{Subjects, TenantMetrics};
 use presence_log::{EventLog, LatestFeed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 
 use crate::ingress::{BeatBatcher, EventPublisher, Ingress};
 use crate::wire::Announcements;
 
 pub(crate) use metrics_hub::{CustomerHistory, MetricsHub};
+pub use origins::{OriginPolicy, UnlistedOrigins};
 pub use rate_limit::RateLimitConfig;
 use rate_limit::RateLimits;
+
+/// How long an address holds a session it no longer shows (ms).
+const ADDRESS_SESSION_TTL_MS: u64 = 180_000;
 
 /// What the active-users handlers share.
 struct ActiveUsersContext {
@@ -40,6 +46,10 @@ struct ActiveUsersContext {
     beat_flush: Duration,
     hub: Arc<MetricsHub>,
     limits: RateLimits,
+    /// Which sites may call for which customer.
+    origins: OriginPolicy,
+    /// Sessions each address counts per customer.
+    sessions: address_sessions::AddressSessions,
     /// Time a WebSocket has to authenticate.
     auth_timeout: Duration,
     /// Closes the WebSockets (with 1001) when the edge shuts down.
@@ -49,6 +59,9 @@ struct ActiveUsersContext {
 /// How active users are set up on this edge.
 pub(crate) struct ActiveUsersSettings<'a> {
     pub(crate) limits: &'a RateLimitConfig,
+    pub(crate) origins: OriginPolicy,
+    /// Sessions one address may count per customer (0: no limit).
+    pub(crate) sessions_per_address: u32,
     /// Time a WebSocket has to authenticate.
     pub(crate) auth_timeout: Duration,
     /// Told of every metrics tick.
@@ -90,6 +103,11 @@ impl ActiveUsers {
             beat_flush: ingress.beat_flush,
             hub: hub.clone(),
             limits: RateLimits::new(settings.limits),
+            origins: settings.origins,
+            sessions: address_sessions::AddressSessions::new(
+                settings.sessions_per_address,
+                ADDRESS_SESSION_TTL_MS,
+            ),
             auth_timeout: settings.auth_timeout,
             shutdown: shutdown.clone(),
         });
@@ -100,11 +118,15 @@ impl ActiveUsers {
     /// `GET /ws/active-users`, `POST /presence/{join,beat,leave}`, `GET /metrics`.
     ///
     /// The widget runs on customers' own sites, so the HTTP endpoints answer cross-origin
-    /// requests from any origin (no credentials are involved); the rate-limit headers are
-    /// readable by the page.
+    /// requests, naming the asking origin (never `*`) when it may call for some customer
+    /// (`PRESENCE_CUSTOMER_ORIGINS`; the handlers check it against the request's customer).
+    /// No credentials are involved; the rate-limit headers are readable by the page.
     pub(crate) fn routes(&self) -> Router {
+        let policy = self.cx.origins.clone();
         let cors = CorsLayer::new()
-            .allow_origin(Any)
+            .allow_origin(AllowOrigin::predicate(move |origin, _| {
+                origin.to_str().is_ok_and(|o| policy.may_ask(o))
+            }))
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([header::CONTENT_TYPE])
             .expose_headers([
@@ -191,6 +213,7 @@ async fn forget_idle_clients(cx: Arc<ActiveUsersContext>, shutdown: Cancellation
             _ = shutdown.cancelled() => return,
             _ = timer.tick() => {
                 cx.limits.forget_idle();
+                cx.sessions.forget_idle(presence_events::Millis::now());
                 cx.hub.forget_idle(presence_events::Millis::now(), 600_000);
             }
         }

@@ -41,6 +41,9 @@ type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, StateInformationMiddl
 pub(crate) enum BlockedBy {
     Ip,
     Customer,
+    /// The address counts its share of sessions for the customer
+    /// (`PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER`).
+    Sessions,
 }
 
 /// The figures of the `X-RateLimit-*` headers.
@@ -214,11 +217,12 @@ pub(crate) fn too_many_requests(by: BlockedBy, info: RateInfo, retry_after_secs:
     metrics::counter!("presence_rate_limited_total", "blocked_by" => match by {
         BlockedBy::Ip => "ip",
         BlockedBy::Customer => "customer",
+        BlockedBy::Sessions => "sessions",
     })
     .increment(1);
     let who = match by {
         BlockedBy::Ip => "this IP address",
-        BlockedBy::Customer => "this customer",
+        BlockedBy::Customer | BlockedBy::Sessions => "this customer",
     };
     let body = TooManyRequests {
         error: "Too Many Requests",
@@ -235,6 +239,25 @@ pub(crate) fn too_many_requests(by: BlockedBy, info: RateInfo, retry_after_secs:
             axum::http::header::RETRY_AFTER,
             HeaderValue::from(retry_after_secs),
         )],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// The `429` answer to one more session than an address may count for `customer`.
+pub(crate) fn too_many_sessions(customer: &TenantId, limit: usize, info: RateInfo) -> Response {
+    metrics::counter!("presence_rate_limited_total", "blocked_by" => "sessions").increment(1);
+    let body = TooManyRequests {
+        error: "Too Many Requests",
+        message: format!(
+            "this address already counts {limit} sessions for customer {customer}, the most allowed; a session is let go 3 minutes after it was last seen"
+        ),
+        blocked_by: BlockedBy::Sessions,
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        rate_headers(info),
+        [(axum::http::header::RETRY_AFTER, HeaderValue::from(60u32))],
         Json(body),
     )
         .into_response()

@@ -4,7 +4,8 @@
 //! 10 s (`PRESENCE_WS_AUTH_TIMEOUT_MS`) and gets `hello`; then `ping` → `pong` (a ping is also the tab's beat) and a
 //! `metrics:update` on every tick of its customer. Bad input gets an `error` frame; the socket
 //! is closed with a specific code when it does not authenticate in time (4408), sends a frame
-//! over the size limit (1009), keeps sending garbage (1008), or is rate limited (4429).
+//! over the size limit (1009), keeps sending garbage (1008), is rate limited (4429), or
+//! authenticates for a customer that does not allow the page's origin (4403).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ mod close {
     pub(super) const TOO_BIG: u16 = 1009;
     pub(super) const INTERNAL: u16 = 1011;
     pub(super) const AUTH_TIMEOUT: u16 = 4408;
+    pub(super) const ORIGIN_NOT_ALLOWED: u16 = 4403;
     pub(super) const RATE_LIMITED: u16 = 4429;
 }
 
@@ -71,6 +73,7 @@ pub(super) async fn upgrade(
         Err(rejection) => return http::not_a_websocket(&rejection),
     };
     let ip = cx.limits.client_ip(peer, &headers);
+    let origin = http::origin(&headers).map(str::to_owned);
     // Frames past our limit are read (up to 64 KiB) so the client can be told why it is closed.
     // Frames are small: a 4 KiB read buffer instead of the 128 KiB default keeps an idle
     // connection cheap (the buffer grows for the rare larger frame).
@@ -78,7 +81,7 @@ pub(super) async fn upgrade(
         .max_frame_size(64 * 1024)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| async move { serve(socket, cx, ip).await })
+        .on_upgrade(move |socket| async move { serve(socket, cx, ip, origin).await })
 }
 
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
@@ -184,14 +187,14 @@ impl Conn {
     }
 }
 
-async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
+async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr, origin: Option<String>) {
     let (sink, source) = socket.split();
     let mut conn = Conn {
         sink,
         source,
         invalid: 0,
     };
-    let Some(request) = authenticate(&mut conn, &cx, ip).await else {
+    let Some(request) = authenticate(&mut conn, &cx, ip, origin.as_deref()).await else {
         return;
     };
     let tab = request.tab.clone();
@@ -216,7 +219,7 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
             session_id: &tab.session,
         })
         .await;
-        follow(&mut conn, &cx, &tab, updates).await;
+        follow(&mut conn, &cx, &tab, ip, updates).await;
         // A pending ping must not land after the leave.
         cx.beats.forget_tab(&tab).await;
         let left = cx.publisher.publish_departure(leave(tab.clone())).await;
@@ -228,7 +231,12 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr) {
 }
 
 /// Waits for a valid `auth` within the auth timeout; `None` if the socket was closed.
-async fn authenticate(conn: &mut Conn, cx: &ActiveUsersContext, ip: IpAddr) -> Option<TabRequest> {
+async fn authenticate(
+    conn: &mut Conn,
+    cx: &ActiveUsersContext,
+    ip: IpAddr,
+    origin: Option<&str>,
+) -> Option<TabRequest> {
     let deadline = tokio::time::Instant::now() + cx.auth_timeout;
     loop {
         let incoming = tokio::select! {
@@ -242,7 +250,41 @@ async fn authenticate(conn: &mut Conn, cx: &ActiveUsersContext, ip: IpAddr) -> O
         match incoming {
             Incoming::Message(ClientMessage::Auth(request)) => {
                 match cx.limits.check(ip, Some(&request.tab.tenant)) {
-                    Verdict::Allowed(_) => return Some(request),
+                    Verdict::Allowed(_) => {
+                        let Err(refusal) = cx.origins.check(&request.tab.tenant, origin) else {
+                            let tab = &request.tab;
+                            let Err(limit) =
+                                cx.sessions
+                                    .admit(ip, &tab.tenant, &tab.session, Millis::now())
+                            else {
+                                return Some(request);
+                            };
+                            metrics::counter!("presence_ws_rejected_total", "reason" => "too_many_sessions")
+                                .increment(1);
+                            let message = format!(
+                                "this address already counts {limit} sessions for customer {}, the most allowed",
+                                tab.tenant
+                            );
+                            conn.send(ServerMessage::Error {
+                                code: "too_many_sessions",
+                                message: &message,
+                            })
+                            .await;
+                            conn.close(close::RATE_LIMITED, "too many sessions").await;
+                            return None;
+                        };
+                        metrics::counter!("presence_ws_rejected_total", "reason" => "origin_not_allowed")
+                            .increment(1);
+                        let message = refusal.message(&request.tab.tenant);
+                        conn.send(ServerMessage::Error {
+                            code: "origin_not_allowed",
+                            message: &message,
+                        })
+                        .await;
+                        conn.close(close::ORIGIN_NOT_ALLOWED, "origin not allowed")
+                            .await;
+                        return None;
+                    }
                     Verdict::Blocked {
                         by,
                         retry_after_secs,
@@ -252,7 +294,7 @@ async fn authenticate(conn: &mut Conn, cx: &ActiveUsersContext, ip: IpAddr) -> O
                             "too many requests from this {}; retry in {retry_after_secs} s",
                             match by {
                                 BlockedBy::Ip => "IP address",
-                                BlockedBy::Customer => "customer",
+                                BlockedBy::Customer | BlockedBy::Sessions => "customer",
                             }
                         );
                         metrics::counter!("presence_rate_limited_total", "blocked_by" => "websocket").increment(1);
@@ -291,6 +333,7 @@ async fn follow(
     conn: &mut Conn,
     cx: &ActiveUsersContext,
     tab: &TabKey,
+    ip: IpAddr,
     mut updates: broadcast::Receiver<Arc<str>>,
 ) {
     if let Some(latest) = cx.hub.latest(&tab.tenant) {
@@ -302,6 +345,8 @@ async fn follow(
             incoming = conn.receive() => match incoming {
                 Incoming::Message(ClientMessage::Ping) => {
                     cx.beats.tab_beat(tab);
+                    // Keeps the session held by its address (it was admitted at auth).
+                    let _ = cx.sessions.admit(ip, &tab.tenant, &tab.session, Millis::now());
                     if !conn.send(ServerMessage::Pong { timestamp: Millis::now() }).await {
                         return;
                     }

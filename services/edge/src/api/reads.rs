@@ -27,8 +27,6 @@ use utoipa::{IntoParams, ToSchema};
     responses(
         (status = 200, description = "The presence", body = PresenceUpdate),
         (status = 400, description = "Not a user id", body = ApiErrorBody),
-        (status = 401, description = "No valid token", body = ApiErrorBody),
-        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -71,8 +69,6 @@ pub(crate) struct Presences {
     responses(
         (status = 200, description = "Their presence, in the order asked", body = Presences),
         (status = 400, description = "Not `{userIds: [...]}`, over 500, or an id that is not a user id", body = ApiErrorBody),
-        (status = 401, description = "No valid token", body = ApiErrorBody),
-        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -131,8 +127,6 @@ pub(crate) struct OnlinePage {
     responses(
         (status = 200, description = "A page", body = OnlinePage),
         (status = 400, description = "`limit` out of range or `after` not a user id", body = ApiErrorBody),
-        (status = 401, description = "No valid token", body = ApiErrorBody),
-        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -67,7 +67,6 @@ pub(crate) struct SearchResults {
     responses(
         (status = 200, description = "The users found", body = SearchResults),
         (status = 400, description = "`q` missing, blank, too long or with NUL; `limit` out of range", body = ApiErrorBody),
-        (status = 401, description = "No valid token", body = ApiErrorBody),
         (status = 503, description = "No database, or it did not answer: retry", body = ApiErrorBody),
     ),
     security(("bearer" = []))

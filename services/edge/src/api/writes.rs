@@ -47,10 +47,9 @@ pub(crate) struct Saved {
     responses(
         (status = 200, description = "Appended to the log", body = Saved),
         (status = 400, description = "Not a status a service may set, or details that are not an object within 4 KiB", body = ApiErrorBody),
-        (status = 401, description = "No valid token", body = ApiErrorBody),
         (status = 403, description = "Not a service-role token", body = ApiErrorBody),
         (status = 409, description = "The user is offline", body = ApiErrorBody),
-        (status = 503, description = "The log did not take it (or token authentication is not configured): retry", body = ApiErrorBody),
+        (status = 503, description = "The log did not take it: retry", body = ApiErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -121,9 +120,8 @@ pub(crate) struct UserRequest {
     responses(
         (status = 200, description = "Stored", body = Saved),
         (status = 400, description = "Not `{username?, gender?}`, or a username over 100 characters or with NUL", body = ApiErrorBody),
-        (status = 401, description = "No valid token", body = ApiErrorBody),
         (status = 403, description = "Not a service-role token", body = ApiErrorBody),
-        (status = 503, description = "No database, or it did not answer (or token authentication is not configured): retry", body = ApiErrorBody),
+        (status = 503, description = "No database, or it did not answer: retry", body = ApiErrorBody),
     ),
     security(("bearer" = []))
 )]

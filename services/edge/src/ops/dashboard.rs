@@ -18,7 +18,6 @@ use tokio::sync::broadcast;
 use super::OpsContext;
 use crate::active_users::CustomerHistory;
 use crate::http_error::ApiError;
-use crate::openapi::ApiErrorBody;
 use crate::wire::TenantPresence;
 
 /// Online users sent in a snapshot; the page says when there are more.
@@ -72,9 +71,6 @@ pub(super) async fn page() -> Response {
         until the client or the edge closes it.",
     responses(
         (status = 200, description = "The stream", body = String, content_type = "text/event-stream"),
-        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
-        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
-        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
     )
 )]
 pub(super) async fn stream(

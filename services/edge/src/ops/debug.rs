@@ -46,9 +46,7 @@ pub(super) struct OnlineCheck {
     summary = "The database projection against the live state (operators)",
     responses(
         (status = 200, description = "Who is online in each, and where they differ", body = OnlineCheck),
-        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
-        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
-        (status = 503, description = "No database, or it did not answer (or token authentication is not configured)", body = ApiErrorBody),
+        (status = 503, description = "No database, or it did not answer", body = ApiErrorBody),
     )
 )]
 pub(super) async fn check_online_status(
@@ -123,9 +121,6 @@ pub(super) struct DebugPresence {
     summary = "The partitions' figures and the first 1,000 online users (operators)",
     responses(
         (status = 200, description = "The live state", body = DebugPresence),
-        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
-        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
-        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
     )
 )]
 pub(super) async fn debug_presence(
@@ -176,9 +171,6 @@ pub(super) struct DebugSockets {
     summary = "This edge's Socket.io connections, by user (operators)",
     responses(
         (status = 200, description = "This edge's sockets", body = DebugSockets),
-        (status = 401, description = "No valid token (outside development)", body = ApiErrorBody),
-        (status = 403, description = "Not a service-role token (outside development)", body = ApiErrorBody),
-        (status = 503, description = "Token authentication is not configured", body = ApiErrorBody),
     )
 )]
 pub(super) async fn debug_socket_status(

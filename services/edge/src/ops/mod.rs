@@ -36,7 +36,8 @@ use cluster::ClusterFigures;
 ))]
 struct Described;
 
-/// The description of the operators' endpoints in `environment` (who may call them).
+/// The description of the operators' endpoints in `environment` (who may call them): all
+/// but the health and the dashboard page need a service token outside development.
 pub(crate) fn openapi(environment: presence_config::Environment) -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     let mut doc = Described::openapi();
@@ -46,6 +47,7 @@ pub(crate) fn openapi(environment: presence_config::Environment) -> utoipa::open
         }
         if let Some(op) = item.get.as_mut() {
             op.security = Some(crate::openapi::operator_security(environment));
+            crate::openapi::refusal(op, "403", "Not a service-role token (outside development)");
         }
     }
     doc

@@ -80,6 +80,20 @@ struct QueryRequest {
     user_ids: Vec<String>,
 }
 
+/// The `reason` label of `presence_sockets_closed_total`.
+fn closed_reason(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::ClientNSDisconnect | DisconnectReason::TransportClose => "client",
+        DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer => "server",
+        DisconnectReason::PacketParsingError | DisconnectReason::MultipleHttpPollingError => {
+            "bad_packet"
+        }
+        // A transport error is most often a WebSocket message over PRESENCE_MAX_PACKET_BYTES.
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "ping_timeout",
+    }
+}
+
 /// The `{ok: false, error}` answer to `event`, counted by `reason`.
 fn refuse(event: &'static str, reason: &'static str, message: String) -> Ack {
     metrics::counter!("presence_socket_rejected_total", "event" => event, "reason" => reason)
@@ -87,8 +101,18 @@ fn refuse(event: &'static str, reason: &'static str, message: String) -> Ack {
     Ack::error(message)
 }
 
+/// A payload decoded as `T` if it is a JSON object: serde would also decode a struct from
+/// an array of its fields (`["live"]` as `{status: "live"}`), which no client means.
+fn object_of<T: serde::de::DeserializeOwned>(payload: serde_json::Value) -> Option<T> {
+    if payload.is_object() {
+        serde_json::from_value(payload).ok()
+    } else {
+        None
+    }
+}
+
 /// Registers `$event` on socket `$s`: its payload read as `$request` (`None` if it does not
-/// parse), answered in its ack by `$answer`, with the context and connection at hand. The
+/// parse or is not an object), answered in its ack by `$answer`, with the context and connection at hand. The
 /// handler holds the shared context only: the connection is read from the socket's
 /// extensions when an event comes, not copied into every handler of every socket.
 macro_rules! acked {
@@ -98,11 +122,12 @@ macro_rules! acked {
         $s.on(
             $event,
             move |Extension(sn): Extension<Connection>,
-                  TryData(request): TryData<$request>,
+                  TryData(request): TryData<serde_json::Value>,
                   ack: AckSender| {
                 let cx = cx.clone();
                 async move {
-                    let ($cx, $sn, $r) = (&cx, &sn, request.ok());
+                    let request: Option<$request> = request.ok().and_then(object_of);
+                    let ($cx, $sn, $r) = (&cx, &sn, request);
                     let _ = ack.send(&$answer);
                 }
             },
@@ -430,6 +455,8 @@ impl SocketContext {
     }
 
     async fn on_disconnect(&self, sn: &Connection, reason: DisconnectReason) {
+        metrics::counter!("presence_sockets_closed_total", "reason" => closed_reason(reason))
+            .increment(1);
         self.expiry.forget(sn.sid);
         if sn.delivery.subscriptions {
             let mut index = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());

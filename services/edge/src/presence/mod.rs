@@ -49,7 +49,7 @@ use subscriptions::SubscriptionIndex;
 
 pub(crate) use handshake::Authenticator;
 pub(crate) use registry::LocalConnections;
-pub(crate) use request_head::detach_request_head;
+pub(crate) use request_head::{detach_request_head, refuse_oversized_polls};
 pub(crate) use view::PresenceView;
 pub use visibility::VisibilityPolicy;
 
@@ -59,6 +59,8 @@ pub(crate) struct PresenceSettings {
     pub(crate) policy: VisibilityPolicy,
     /// Packets queued per connection before updates to it are dropped.
     pub(crate) socket_buffer: usize,
+    /// Largest Socket.io packet (and polling payload) a client may send, in bytes.
+    pub(crate) max_packet_bytes: usize,
     /// Socket.io connections one user may have open on this edge.
     pub(crate) max_connections_per_user: u32,
     /// Users one subscriptions socket may subscribe to.
@@ -143,7 +145,10 @@ impl Presence {
         shutdown: CancellationToken,
     ) -> (Self, SocketIoLayer) {
         let (layer, io) = SocketIo::builder()
-            .max_payload(64 * 1024)
+            .max_payload(settings.max_packet_bytes as u64)
+            // A WebSocket message over the limit closes the socket (1009).
+            .ws_max_message_size(settings.max_packet_bytes)
+            .ws_max_frame_size(settings.max_packet_bytes)
             .ping_interval(settings.ping.0)
             .ping_timeout(settings.ping.1)
             .max_buffer_size(settings.socket_buffer)

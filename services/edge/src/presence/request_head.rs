@@ -14,6 +14,39 @@ pub(crate) async fn detach_request_head(mut req: axum::extract::Request) -> axum
     req
 }
 
+/// Refuses a Socket.io polling POST whose declared body is over `max_bytes` with 413 and a
+/// JSON body, counted, before the Socket.io layer reads any of it. (A chunked body without a
+/// length is bounded by the layer itself, which answers an empty 413.)
+pub(crate) async fn refuse_oversized_polls(
+    axum::extract::State(max_bytes): axum::extract::State<u64>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len)
+            if len > max_bytes
+                && req.method() == axum::http::Method::POST
+                && req.uri().path().starts_with(SOCKET_IO_PATH) =>
+        {
+            metrics::counter!("presence_http_rejected_total", "endpoint" => "socket.io", "reason" => "too_large")
+                .increment(1);
+            let body = axum::Json(serde_json::json!({
+                "error": "Payload Too Large",
+                "code": "too_large",
+                "message": format!("the polling payload is {len} bytes; the limit is {max_bytes} (PRESENCE_MAX_PACKET_BYTES)"),
+            }));
+            (axum::http::StatusCode::PAYLOAD_TOO_LARGE, body).into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 /// Where the Socket.io layer answers.
 const SOCKET_IO_PATH: &str = "/socket.io/";
 
