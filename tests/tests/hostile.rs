@@ -339,7 +339,7 @@ async fn http_requests_that_break_the_rules_are_refused_specifically_and_counted
             "POST",
             "/socket.io/?EIO=4&transport=polling&sid=anything",
             None,
-            Some(&vec![b'4'; 70_000]),
+            Some(&vec![b'4'; 300_000]),
             413,
             "PRESENCE_MAX_PACKET_BYTES",
             tab_refused("socket.io", "too_large"),
@@ -503,7 +503,7 @@ async fn http_requests_that_break_the_rules_are_refused_specifically_and_counted
             person.clone(),
             Some(br#"{"userIds":[1]}"#),
             400,
-            "userIds",
+            "invalid type: integer",
             api_refused(400),
         ),
         case(
@@ -513,7 +513,7 @@ async fn http_requests_that_break_the_rules_are_refused_specifically_and_counted
             person.clone(),
             Some(b"userIds=1"),
             400,
-            "expected",
+            "Failed to parse the request body as JSON",
             api_refused(400),
         ),
         case(
@@ -699,11 +699,10 @@ async fn read_all(stream: &mut TcpStream, within: Duration) -> String {
 }
 
 #[tokio::test]
-async fn the_listener_bounds_what_one_address_holds_and_how_slowly_it_may_talk() {
+async fn the_listener_cuts_off_clients_that_talk_too_slowly() {
     let d = Deployment::start(
         Mode::Standalone,
         &[
-            ("PRESENCE_MAX_CONNECTIONS_PER_IP", "6".into()),
             ("PRESENCE_HTTP_HEADER_TIMEOUT_MS", "500".into()),
             ("PRESENCE_HTTP_BODY_TIMEOUT_MS", "500".into()),
         ],
@@ -749,14 +748,25 @@ async fn the_listener_bounds_what_one_address_holds_and_how_slowly_it_may_talk()
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
     assert!(series(&admin, &counted("body_timeout")).await >= before + 1.0);
     alive(&d).await;
+}
 
-    // The seventh open connection of one address: 429 naming the limit, before any HTTP.
-    let before = series(&admin, &counted("ip_connections")).await;
+#[tokio::test]
+async fn the_seventh_connection_of_one_address_is_turned_away_until_one_closes() {
+    let d = Deployment::start(
+        Mode::Standalone,
+        &[("PRESENCE_MAX_CONNECTIONS_PER_IP", "6".into())],
+    )
+    .await
+    .expect("standalone");
+    let admin = d.edge_admin(0);
+    let counted = r#"presence_connections_refused_total{reason="ip_connections"}"#;
+    let before = series(&admin, counted).await;
     let mut held = Vec::new();
     for _ in 0..6 {
         held.push(raw(&d).await);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // 429 naming the limit, before any HTTP is read.
     let mut seventh = raw(&d).await;
     let answer = read_all(&mut seventh, WAIT).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
@@ -765,11 +775,34 @@ async fn the_listener_bounds_what_one_address_holds_and_how_slowly_it_may_talk()
         "{answer}"
     );
     assert!(answer.contains("holds 6 open connections"), "{answer}");
-    assert!(series(&admin, &counted("ip_connections")).await >= before + 1.0);
-    // A place given back is taken again.
+    assert!(series(&admin, counted).await >= before + 1.0);
+    // While all six are held, so is an HTTP request.
+    let refused = http("GET", &format!("{}/api/health", d.a), &[], None)
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    // One closed: its place is taken again.
+    drop(held.pop());
+    let mut waited = Duration::ZERO;
+    loop {
+        let answer = http("GET", &format!("{}/api/health", d.a), &[], None)
+            .await
+            .expect("an answer");
+        if answer.status == 200 {
+            break;
+        }
+        assert!(
+            waited < WAIT,
+            "the place of a closed connection was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
     drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    alive(&d).await;
+    let live = http("GET", &format!("{admin}/livez"), &[], None)
+        .await
+        .expect("livez");
+    assert_eq!(live.status, 200);
 }
 
 #[tokio::test]
@@ -993,9 +1026,27 @@ async fn socketio_handshakes_that_break_the_rules_get_a_specific_connect_error()
 
 #[tokio::test]
 async fn socketio_events_that_break_the_rules_are_answered_ok_false_and_counted() {
-    let d = Deployment::start(Mode::Standalone, &[])
+    // A packet limit that cannot hold a full subscription (1,000 ids of 128 bytes) stops the
+    // edge at start rather than closing sockets later.
+    assert!(
+        Deployment::start(
+            Mode::Standalone,
+            &[("PRESENCE_MAX_PACKET_BYTES", "70000".into())]
+        )
         .await
-        .expect("standalone");
+        .is_err(),
+        "an edge started with a packet limit under its largest request"
+    );
+    // The smallest limit it starts with for 100 subscriptions: 500 ids (a query), and the rest.
+    let d = Deployment::start(
+        Mode::Standalone,
+        &[
+            ("PRESENCE_MAX_PACKET_BYTES", "70000".into()),
+            ("PRESENCE_MAX_SUBSCRIPTIONS", "100".into()),
+        ],
+    )
+    .await
+    .expect("standalone");
     let admin = d.edge_admin(0);
     let client = connect(&d.a, "hostile", "female").await.expect("a client");
     let ids: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
@@ -1096,12 +1147,12 @@ async fn socketio_events_that_break_the_rules_are_answered_ok_false_and_counted(
         .expect("a client");
     big.emit(
         "user:status",
-        json!({ "status": "live", "details": { "x": "y".repeat(70_000) } }),
+        json!({ "status": "live", "details": { "x": "y".repeat(100_000) } }),
     )
     .expect("sending");
     tokio::time::timeout(WAIT, big.closed())
         .await
-        .expect("the socket that sent 70 KB was closed");
+        .expect("the socket that sent 100 KB was closed");
     let mut waited = Duration::ZERO;
     while series(&admin, counted).await < before + 1.0 {
         assert!(waited < WAIT, "{counted} did not move");
@@ -1266,10 +1317,14 @@ async fn active_users_websocket_frames_that_break_the_rules_are_answered_and_cou
 async fn only_a_customers_own_sites_may_count_for_it() {
     let d = Deployment::start(
         Mode::Standalone,
-        &[(
-            "PRESENCE_CUSTOMER_ORIGINS",
-            "shop-42=https://shop42.example|https://www.shop42.example".into(),
-        )],
+        &[
+            (
+                "PRESENCE_CUSTOMER_ORIGINS",
+                "shop-42=https://shop42.example|https://www.shop42.example".into(),
+            ),
+            // A small budget for the customer: refused origins must not use it up.
+            ("PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN", "5".into()),
+        ],
     )
     .await
     .expect("standalone");
@@ -1313,6 +1368,10 @@ async fn only_a_customers_own_sites_may_count_for_it() {
             "{name}"
         );
         alive(&d).await;
+    }
+    // Pages of other sites cannot use up the customer's budget and lock its own pages out.
+    for _ in 0..10 {
+        assert_eq!(post(Some("https://evil.example")).await.status, 403);
     }
     // The customer's own site is counted, and its CORS answer names it, never `*`.
     let own = post(Some("https://www.shop42.example")).await;

@@ -79,9 +79,11 @@ pub struct EdgeConfig {
     #[arg(long, env = "PRESENCE_SOCKET_BUFFER", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub socket_buffer: u64,
     /// Largest Socket.io packet a client may send (bytes): a WebSocket message over it closes
-    /// the socket (1009), a polling POST whose body is over it is answered 413 `too_large`.
-    /// The largest a client needs is a `presence:subscribe` of PRESENCE_MAX_SUBSCRIPTIONS ids.
-    #[arg(long, env = "PRESENCE_MAX_PACKET_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1_024..=16_777_216))]
+    /// the socket, a polling POST whose body is over it is answered 413 `too_large`. It must
+    /// hold the largest request a client may make: a `presence:subscribe` of
+    /// PRESENCE_MAX_SUBSCRIPTIONS (or a `presence:query` of 500) ids of 128 bytes; the edge
+    /// refuses to start otherwise.
+    #[arg(long, env = "PRESENCE_MAX_PACKET_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1_024..=16_777_216))]
     pub max_packet_bytes: u64,
     /// Socket.io connections one user may have open on one edge (tabs and devices); the next
     /// is refused with `connect_error` "too many connections for this user".
@@ -151,6 +153,18 @@ pub enum EdgeError {
         /// Why.
         source: std::io::Error,
     },
+    /// PRESENCE_MAX_PACKET_BYTES cannot hold the largest request a client may make.
+    #[error(
+        "PRESENCE_MAX_PACKET_BYTES={given} cannot hold a request of {ids} user ids of 128 bytes; set it to at least {needed}"
+    )]
+    PacketTooSmall {
+        /// The setting.
+        given: u64,
+        /// The most ids one request may carry.
+        ids: u64,
+        /// What it must be at least.
+        needed: u64,
+    },
     /// PRESENCE_CUSTOMER_ORIGINS does not parse.
     #[error("PRESENCE_CUSTOMER_ORIGINS: {0}")]
     Origins(String),
@@ -165,6 +179,24 @@ pub enum EdgeError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl EdgeConfig {
+    /// Checks the settings that depend on each other.
+    pub(crate) fn check(&self) -> Result<(), EdgeError> {
+        // A user id is at most 128 bytes, quoted and separated: 132 a piece, and the rest of
+        // the packet.
+        let ids = u64::from(self.max_subscriptions).max(500);
+        let needed = ids * 132 + 1_024;
+        if self.max_packet_bytes < needed {
+            return Err(EdgeError::PacketTooSmall {
+                given: self.max_packet_bytes,
+                ids,
+                needed,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What keeps a Socket.io connection online.

@@ -109,6 +109,7 @@ impl Edge {
             store,
         } = self;
         metric_families::register();
+        config.check()?;
         let verifier = config.verifier(environment)?;
         if let (Some(path), Some(verifier)) = (&config.jwt_keys_file, &verifier) {
             tasks.spawn(keys::watch(
@@ -346,11 +347,16 @@ async fn serve(
 
 /// Writes the refusal to a connection turned away at the door, and closes it.
 async fn refuse(mut stream: tokio::net::TcpStream, refusal: listener::Refusal) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let answer = refusal.answer();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         stream.write_all(&answer).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // What the client sent meanwhile is read and dropped: closing with unread bytes
+        // would reset the connection, and some clients would see the reset, not the 429.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     })
     .await;
 }

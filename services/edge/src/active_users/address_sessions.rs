@@ -56,6 +56,21 @@ impl AddressSessions {
         Ok(())
     }
 
+    /// Gives back the place of `session` (its tab left).
+    pub(crate) fn release(&self, ip: IpAddr, customer: &TenantId, session: &SessionId) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ip, customer.clone());
+        if let Some(sessions) = held.get_mut(&key) {
+            sessions.remove(session);
+            if sessions.is_empty() {
+                held.remove(&key);
+            }
+        }
+    }
+
     /// Lets go of sessions not seen for a TTL, and of addresses left with none.
     pub(crate) fn forget_idle(&self, now: Millis) {
         let ttl = self.ttl_ms;
@@ -105,6 +120,9 @@ mod tests {
         assert!(cap.admit(ip, &shop, &s[3], Millis(1_000)).is_ok());
         assert!(cap.admit(ip, &shop, &s[4], Millis(1_000)).is_ok());
         assert_eq!(cap.admit(ip, &shop, &s[1], Millis(1_000)), Err(3));
+        // A session that left gives its place back at once.
+        cap.release(ip, &shop, &s[3]);
+        assert!(cap.admit(ip, &shop, &s[1], Millis(1_001)).is_ok());
     }
 
     #[test]

@@ -235,6 +235,19 @@ async fn handle(
             };
         }
     };
+    // Before the customer's budget is charged: pages of other sites must not use it up.
+    if let Err(refusal) = cx.origins.check(&request.tab.tenant, origin(headers)) {
+        return match cx.limits.check(ip, None) {
+            Verdict::Allowed(info) => {
+                forbidden(endpoint, &refusal.message(&request.tab.tenant), info)
+            }
+            Verdict::Blocked {
+                by,
+                info,
+                retry_after_secs,
+            } => too_many_requests(by, info, retry_after_secs),
+        };
+    }
     let info = match cx.limits.check(ip, Some(&request.tab.tenant)) {
         Verdict::Allowed(info) => info,
         Verdict::Blocked {
@@ -243,13 +256,13 @@ async fn handle(
             retry_after_secs,
         } => return too_many_requests(by, info, retry_after_secs),
     };
-    if let Err(refusal) = cx.origins.check(&request.tab.tenant, origin(headers)) {
-        return forbidden(endpoint, &refusal.message(&request.tab.tenant), info);
-    }
-    if !matches!(action, Action::Leave)
-        && let Err(limit) =
-            cx.sessions
-                .admit(ip, &request.tab.tenant, &request.tab.session, Millis::now())
+    if matches!(action, Action::Leave) {
+        // The tab's session gives its place back (another tab of it takes it again).
+        cx.sessions
+            .release(ip, &request.tab.tenant, &request.tab.session);
+    } else if let Err(limit) =
+        cx.sessions
+            .admit(ip, &request.tab.tenant, &request.tab.session, Millis::now())
     {
         return too_many_sessions(&request.tab.tenant, limit, info);
     }
@@ -361,11 +374,18 @@ pub(super) async fn metrics(
             };
         }
     };
+    if let Err(refusal) = cx.origins.check(&customer, origin(&headers)) {
+        return match cx.limits.check(ip, None) {
+            Verdict::Allowed(info) => forbidden("metrics", &refusal.message(&customer), info),
+            Verdict::Blocked {
+                by,
+                info,
+                retry_after_secs,
+            } => too_many_requests(by, info, retry_after_secs),
+        };
+    }
     match cx.limits.check(ip, Some(&customer)) {
         Verdict::Allowed(info) => {
-            if let Err(refusal) = cx.origins.check(&customer, origin(&headers)) {
-                return forbidden("metrics", &refusal.message(&customer), info);
-            }
             let data = cx
                 .hub
                 .latest(&customer)

@@ -222,6 +222,7 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr, origi
         follow(&mut conn, &cx, &tab, ip, updates).await;
         // A pending ping must not land after the leave.
         cx.beats.forget_tab(&tab).await;
+        cx.sessions.release(ip, &tab.tenant, &tab.session);
         let left = cx.publisher.publish_departure(leave(tab.clone())).await;
         if let Err(e) = left {
             tracing::warn!(error = %e, "could not append a session leave; the tab expires instead");
@@ -249,40 +250,42 @@ async fn authenticate(
         };
         match incoming {
             Incoming::Message(ClientMessage::Auth(request)) => {
+                // Before the customer's budget is charged: pages of other sites must not use it.
+                if let Err(refusal) = cx.origins.check(&request.tab.tenant, origin) {
+                    let _ = cx.limits.check(ip, None);
+                    metrics::counter!("presence_ws_rejected_total", "reason" => "origin_not_allowed")
+                        .increment(1);
+                    let message = refusal.message(&request.tab.tenant);
+                    conn.send(ServerMessage::Error {
+                        code: "origin_not_allowed",
+                        message: &message,
+                    })
+                    .await;
+                    conn.close(close::ORIGIN_NOT_ALLOWED, "origin not allowed")
+                        .await;
+                    return None;
+                }
                 match cx.limits.check(ip, Some(&request.tab.tenant)) {
                     Verdict::Allowed(_) => {
-                        let Err(refusal) = cx.origins.check(&request.tab.tenant, origin) else {
-                            let tab = &request.tab;
-                            let Err(limit) =
-                                cx.sessions
-                                    .admit(ip, &tab.tenant, &tab.session, Millis::now())
-                            else {
-                                return Some(request);
-                            };
-                            metrics::counter!("presence_ws_rejected_total", "reason" => "too_many_sessions")
-                                .increment(1);
-                            let message = format!(
-                                "this address already counts {limit} sessions for customer {}, the most allowed",
-                                tab.tenant
-                            );
-                            conn.send(ServerMessage::Error {
-                                code: "too_many_sessions",
-                                message: &message,
-                            })
-                            .await;
-                            conn.close(close::RATE_LIMITED, "too many sessions").await;
-                            return None;
+                        let tab = &request.tab;
+                        let Err(limit) =
+                            cx.sessions
+                                .admit(ip, &tab.tenant, &tab.session, Millis::now())
+                        else {
+                            return Some(request);
                         };
-                        metrics::counter!("presence_ws_rejected_total", "reason" => "origin_not_allowed")
+                        metrics::counter!("presence_ws_rejected_total", "reason" => "too_many_sessions")
                             .increment(1);
-                        let message = refusal.message(&request.tab.tenant);
+                        let message = format!(
+                            "this address already counts {limit} sessions for customer {}, the most allowed",
+                            tab.tenant
+                        );
                         conn.send(ServerMessage::Error {
-                            code: "origin_not_allowed",
+                            code: "too_many_sessions",
                             message: &message,
                         })
                         .await;
-                        conn.close(close::ORIGIN_NOT_ALLOWED, "origin not allowed")
-                            .await;
+                        conn.close(close::RATE_LIMITED, "too many sessions").await;
                         return None;
                     }
                     Verdict::Blocked {
