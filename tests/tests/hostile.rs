@@ -1186,6 +1186,27 @@ async fn next_frame(ws: &mut Ws) -> Option<Message> {
     }
 }
 
+/// Sends `auth` on `socket`: it must be answered an `error` frame with `code`, then closed with
+/// `close`, and `presence_ws_rejected_total{reason=code}` must move.
+async fn refused_at_auth(d: &Deployment, socket: &mut Ws, auth: String, code: &str, close: u16) {
+    let counted = format!(r#"presence_ws_rejected_total{{reason="{code}"}}"#);
+    let before = series(&d.edge_admin(0), &counted).await;
+    socket.send(Message::text(auth)).await.expect("send");
+    let frame = next_frame(socket).await.expect("an error frame");
+    let frame: Value = serde_json::from_str(frame.to_text().unwrap_or("")).unwrap_or(Value::Null);
+    assert_eq!(frame["code"], code, "{frame}");
+    let closed = next_frame(socket).await;
+    assert!(
+        matches!(&closed, Some(Message::Close(Some(c))) if u16::from(c.code) == close),
+        "{closed:?}"
+    );
+    assert!(
+        series(&d.edge_admin(0), &counted).await >= before + 1.0,
+        "{counted} did not move"
+    );
+    alive(d).await;
+}
+
 #[tokio::test]
 async fn active_users_websocket_frames_that_break_the_rules_are_answered_and_counted() {
     let d = Deployment::start(
@@ -1420,34 +1441,15 @@ async fn only_a_customers_own_sites_may_count_for_it() {
     let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("upgraded");
-    let before = series(
-        &admin,
-        r#"presence_ws_rejected_total{reason="origin_not_allowed"}"#,
+    let auth = json!({"type":"auth","customerId":"shop-42","sessionId":"s-2","tabId":"t-2"});
+    refused_at_auth(
+        &d,
+        &mut socket,
+        auth.to_string(),
+        "origin_not_allowed",
+        4403,
     )
     .await;
-    socket
-        .send(Message::text(
-            json!({"type":"auth","customerId":"shop-42","sessionId":"s-2","tabId":"t-2"})
-                .to_string(),
-        ))
-        .await
-        .expect("send");
-    let frame = next_frame(&mut socket).await.expect("an error frame");
-    let frame: Value = serde_json::from_str(frame.to_text().unwrap_or("")).unwrap_or(Value::Null);
-    assert_eq!(frame["code"], "origin_not_allowed", "{frame}");
-    let closed = next_frame(&mut socket).await;
-    assert!(
-        matches!(&closed, Some(Message::Close(Some(c))) if u16::from(c.code) == 4403),
-        "{closed:?}"
-    );
-    assert!(
-        series(
-            &admin,
-            r#"presence_ws_rejected_total{reason="origin_not_allowed"}"#
-        )
-        .await
-            >= before + 1.0
-    );
     alive(&d).await;
 }
 
@@ -1499,35 +1501,8 @@ async fn one_machine_inventing_sessions_counts_as_a_few_people_at_most() {
     assert_eq!(send("join", tab("blog-7", "browser-5")).await.status, 200);
 
     // The WebSocket: told why, then closed with 4429.
-    let before = series(
-        &admin,
-        r#"presence_ws_rejected_total{reason="too_many_sessions"}"#,
-    )
-    .await;
     let mut socket = ws(&d).await;
-    socket
-        .send(Message::text(tab("shop-42", "browser-6").replacen(
-            '{',
-            r#"{"type":"auth","#,
-            1,
-        )))
-        .await
-        .expect("send");
-    let frame = next_frame(&mut socket).await.expect("an error frame");
-    let frame: Value = serde_json::from_str(frame.to_text().unwrap_or("")).unwrap_or(Value::Null);
-    assert_eq!(frame["code"], "too_many_sessions", "{frame}");
-    let closed = next_frame(&mut socket).await;
-    assert!(
-        matches!(&closed, Some(Message::Close(Some(c))) if u16::from(c.code) == 4429),
-        "{closed:?}"
-    );
-    assert!(
-        series(
-            &admin,
-            r#"presence_ws_rejected_total{reason="too_many_sessions"}"#
-        )
-        .await
-            >= before + 1.0
-    );
+    let auth = tab("shop-42", "browser-6").replacen('{', r#"{"type":"auth","#, 1);
+    refused_at_auth(&d, &mut socket, auth, "too_many_sessions", 4429).await;
     alive(&d).await;
 }
