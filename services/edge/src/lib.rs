@@ -326,7 +326,6 @@ async fn serve(
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             connections.spawn(serve_connection(
                 listener::Admitted::new(stream, ticket),
                 peer,
