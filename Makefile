@@ -51,7 +51,7 @@ bench-full: ## the suite plus the largest runs: 19,000 connections on one edge, 
 	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh full
 
-bench-fanout: ## steady fan-out at 10,000 connections (15 users/s churning): deliveries per CPU-second, propagation
+bench-fanout: ## steady fan-out at 10,000 connections (15 users/s churning): deliveries per CPU-second, propagation; PRESENCE_PREV_BIN=<previous build> adds it side by side
 	$(CARGO) build --release -p presence -p presence-bench
 	scripts/with-services.sh scripts/bench.sh fanout
 

@@ -159,10 +159,19 @@ largest_runs() {
 fanout_run() {
   # Steady fan-out: 15 users/s leave and come back, each change delivered to everyone allowed
   # to see it (about 60,000 deliveries/s at 10k); heartbeats are a small share of the cost.
-  cluster 1
-  load "fanout-10000" 10000 --ramp-per-sec 1000 --hold-secs 30 --churn-per-sec 15 \
-    --churn-pause-ms 1000
-  stop_all
+  # With PRESENCE_PREV_BIN, the previous build runs first, in the same run.
+  local variant name
+  local variants=(current)
+  [[ -n ${PRESENCE_PREV_BIN:-} ]] && variants=(previous current)
+  for variant in "${variants[@]}"; do
+    presence_bin= name=fanout-10000
+    [[ $variant == previous ]] && presence_bin=$PRESENCE_PREV_BIN name=fanout-previous-10000
+    cluster 1
+    load "$name" 10000 --ramp-per-sec 1000 --hold-secs 30 --churn-per-sec 15 \
+      --churn-pause-ms 1000
+    stop_all
+  done
+  presence_bin=
 }
 
 delivery_runs() {
