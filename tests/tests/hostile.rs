@@ -750,6 +750,69 @@ async fn the_listener_cuts_off_clients_that_talk_too_slowly() {
     alive(&d).await;
 }
 
+/// Writes `body` as a chunked HTTP/1.1 POST to `path`, in chunks of `chunk` bytes, and reads
+/// the answer.
+async fn post_chunked(d: &Deployment, path: &str, body: &[u8], chunk: usize) -> String {
+    let mut stream = raw(d).await;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let mut out = head.into_bytes();
+    for part in body.chunks(chunk) {
+        out.extend(format!("{:x}\r\n", part.len()).as_bytes());
+        out.extend(part);
+        out.extend(b"\r\n");
+    }
+    out.extend(b"0\r\n\r\n");
+    // The server may answer (and close) before it has read everything.
+    let _ = stream.write_all(&out).await;
+    read_all(&mut stream, WAIT).await
+}
+
+#[tokio::test]
+async fn a_chunked_polling_body_is_bounded_like_one_that_declares_its_length() {
+    let d = Deployment::start(
+        Mode::Standalone,
+        &[("PRESENCE_MAX_PACKET_BYTES", "150000".into())],
+    )
+    .await
+    .expect("standalone");
+    let admin = d.edge_admin(0);
+    let open = http(
+        "GET",
+        &format!("{}/socket.io/?EIO=4&transport=polling", d.a),
+        &[],
+        None,
+    )
+    .await
+    .expect("an Engine.IO handshake");
+    assert_eq!(open.status, 200, "{}", open.body);
+    let sid = open
+        .body
+        .split(r#""sid":""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a session id in the handshake")
+        .to_owned();
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+
+    // Within the limit, a chunked body reaches the session (a pong is answered "ok").
+    let fits = post_chunked(&d, &path, b"3", 1).await;
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+    assert!(fits.ends_with("ok"), "{fits}");
+
+    // Over it, the same 413 as a declared length gets, counted, and the session is untouched.
+    let before = series(&admin, &tab_refused("socket.io", "too_large")).await;
+    let over = post_chunked(&d, &path, &vec![b'4'; 200_000], 16_384).await;
+    assert!(over.starts_with("HTTP/1.1 413"), "{over}");
+    assert!(over.contains(r#""code":"too_large""#), "{over}");
+    assert!(over.contains("limit of 150000 bytes"), "{over}");
+    assert!(series(&admin, &tab_refused("socket.io", "too_large")).await >= before + 1.0);
+    let still = post_chunked(&d, &path, b"3", 1).await;
+    assert!(still.starts_with("HTTP/1.1 200"), "{still}");
+    alive(&d).await;
+}
+
 #[tokio::test]
 async fn the_seventh_connection_of_one_address_is_turned_away_until_one_closes() {
     let d = Deployment::start(

@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use presence_aggregator::PresenceState;
 use presence_bench::beats::BeatWorkload;
 use presence_events::{Event, Millis};
+use presence_fold::PresenceState;
 
 fn main() {
     for connections in [10_000usize, 100_000] {

@@ -17,44 +17,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use presence_store::Store;
-use serde::{Deserialize, Serialize};
 
 use crate::coordinator::Lease;
-use crate::event_time::in_log_time;
-use crate::sessions::ActiveUsers;
-use crate::state::PresenceState;
-
-/// Everything the aggregator folds a partition's log into.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Fold {
-    pub(crate) presence: PresenceState,
-    pub(crate) active: ActiveUsers,
-    /// The newest owner epoch seen on the partition's clock ticks.
-    #[serde(default)]
-    pub(crate) epoch: u64,
-    /// How long an offline change stays in the online stream. A setting; not part of the
-    /// state.
-    #[serde(skip, default = "default_offline_feed_ttl")]
-    pub(crate) offline_feed_ttl: Duration,
-}
-
-fn default_offline_feed_ttl() -> Duration {
-    Duration::from_secs(60)
-}
-
-impl Fold {
-    pub(crate) fn new(config: &crate::AggregatorConfig) -> Self {
-        let mut presence = PresenceState::new(config.heartbeat_timeout_ms);
-        presence.set_outage_after(Some(config.outage_after_ms()));
-        presence.set_offline_retention(Some(config.offline_retention_ms()));
-        Self {
-            presence,
-            active: ActiveUsers::new(config.session_ttl_ms, config.ema_alpha),
-            epoch: 0,
-            offline_feed_ttl: config.offline_feed_ttl,
-        }
-    }
-}
+pub(crate) use presence_fold::Fold;
+use presence_fold::{PresenceState, SnapshotError, in_log_time, is_fenced};
 
 /// Where and how often the fold state is saved, so a restart replays only the events after
 /// the newest snapshot instead of the whole log.
@@ -66,47 +32,35 @@ pub(crate) struct Snapshots {
 }
 
 impl Snapshots {
-    /// The newest snapshot, or `fresh` when there is none (or it cannot be read: folding
-    /// the whole log gives the same state, only later).
     /// The snapshot key of one partition.
     fn key(&self, partition: Partition) -> String {
         format!("{}.{partition}", self.namespace)
     }
 
-    async fn load(&self, partition: Partition, fresh: Fold) -> Fold {
+    /// The newest snapshot, or a fresh fold when there is none (or it cannot be read:
+    /// folding the whole log gives the same state, only later).
+    async fn load(&self, partition: Partition, settings: &presence_fold::Settings) -> Fold {
         match self.store.load_snapshot(&self.key(partition)).await {
-            Ok(Some((seq, state))) => match serde_json::from_str::<Fold>(&state) {
-                Ok(mut fold) if fold.presence.last_seq() == seq => {
-                    fold.presence
-                        .set_heartbeat_timeout(fresh.presence.heartbeat_timeout_ms());
-                    fold.presence
-                        .set_outage_after(fresh.presence.outage_after());
-                    fold.presence
-                        .set_offline_retention(fresh.presence.offline_retention());
-                    fold.offline_feed_ttl = fresh.offline_feed_ttl;
-                    fold.active
-                        .set_settings(fresh.active.session_ttl_ms(), fresh.active.alpha());
+            Ok(Some((seq, state))) => match Fold::restore(&state, seq, settings) {
+                Ok(fold) => {
                     metrics::gauge!("presence_snapshot_loaded_sequence", "partition" => partition.to_string())
                         .set(seq as f64);
                     tracing::info!(seq, %partition, "restored the partition's snapshot");
                     fold
                 }
-                Ok(_) => {
-                    tracing::error!(
-                        seq,
-                        "snapshot sequence does not match its state; folding the whole log"
-                    );
-                    fresh
+                Err(e @ SnapshotError::SequenceMismatch { .. }) => {
+                    tracing::error!(seq, error = %e, "snapshot sequence does not match its state; folding the whole log");
+                    Fold::new(settings)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "unreadable snapshot; folding the whole log");
-                    fresh
+                    Fold::new(settings)
                 }
             },
-            Ok(None) => fresh,
+            Ok(None) => Fold::new(settings),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the snapshot; folding the whole log");
-                fresh
+                Fold::new(settings)
             }
         }
     }
@@ -152,7 +106,7 @@ const BATCH: usize = 512;
 pub(crate) struct PartitionFold {
     pub(crate) partition: Partition,
     pub(crate) lease: Lease,
-    pub(crate) fold: Fold,
+    pub(crate) settings: presence_fold::Settings,
     pub(crate) snapshots: Option<Snapshots>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) subjects: Subjects,
@@ -165,7 +119,7 @@ pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationTok
     let PartitionFold {
         partition,
         lease,
-        fold: mut state,
+        settings,
         snapshots,
         log,
         subjects,
@@ -173,9 +127,10 @@ pub(crate) async fn fold_partition(run: PartitionFold, shutdown: CancellationTok
         started_at,
         sweep_due,
     } = run;
-    if let Some(snapshots) = &snapshots {
-        state = snapshots.load(partition, state).await;
-    }
+    let mut state = match &snapshots {
+        Some(snapshots) => snapshots.load(partition, &settings).await,
+        None => Fold::new(&settings),
+    };
     let mut saved = Runtime {
         seq: state.presence.last_seq(),
         at: std::time::Instant::now(),
@@ -534,23 +489,6 @@ fn stats_message(
     )
 }
 
-/// Whether `event` is a clock tick of a deposed owner: older than the newest epoch the
-/// partition's ticks have carried (which it then becomes). Ticks without an epoch are
-/// folded. Deterministic on the log, so a replay ignores the same ticks.
-pub fn is_fenced(newest_epoch: &mut u64, event: &Event) -> bool {
-    if !matches!(event.body, EventBody::Tick | EventBody::MetricsTick) {
-        return false;
-    }
-    match event.epoch {
-        Some(epoch) if epoch < *newest_epoch => true,
-        Some(epoch) => {
-            *newest_epoch = epoch;
-            false
-        }
-        None => false,
-    }
-}
-
 /// The message for an encoded output of the fold. One that could not be encoded (a bug: the
 /// outputs hold only strings and numbers) is counted and logged, and not published.
 fn outgoing(
@@ -592,16 +530,7 @@ fn record_stats(state: &PresenceState, partition: &str) {
 
 #[cfg(test)]
 mod tests {
-    use presence_events::{
-        ConnId, EventBody, Millis, NodeId, SessionId, TabId, TenantId, Transport, UserId,
-        ViewerClass,
-    };
-
     use super::*;
-
-    fn event(at: u64, body: EventBody) -> Event {
-        Event::new(NodeId::parse("n").unwrap(), Millis(at), body)
-    }
 
     #[test]
     fn a_log_starting_after_the_next_event_to_fold_is_a_gap() {
@@ -610,71 +539,5 @@ mod tests {
         assert_eq!(gap(101, 101), None);
         assert_eq!(gap(101, 160), Some((101, 159)));
         assert_eq!(gap(1, 7), Some((1, 6)));
-    }
-
-    #[test]
-    fn a_snapshot_restores_the_fold_bit_for_bit_and_folding_continues_identically() {
-        let mut fold = Fold {
-            presence: PresenceState::new(15_000),
-            active: ActiveUsers::new(180_000, 0.2),
-            epoch: 0,
-            offline_feed_ttl: default_offline_feed_ttl(),
-        };
-        let mut events = Vec::new();
-        for i in 0..40u64 {
-            events.push(event(
-                i * 700,
-                EventBody::Join {
-                    tenant: TenantId::default_tenant(),
-                    user: UserId::parse(format!("u{}", i % 9)).unwrap(),
-                    conn: ConnId::new(),
-                    class: ViewerClass::from_gender(Some("female")),
-                },
-            ));
-            events.push(event(
-                i * 700 + 1,
-                EventBody::SessionJoin {
-                    tenant: TenantId::parse("shop").unwrap(),
-                    session: SessionId::parse(format!("s{}", i % 7)).unwrap(),
-                    tab: TabId::parse(format!("t{}", i % 3)).unwrap(),
-                    transport: Transport::Http,
-                    platform: None,
-                },
-            ));
-            if i % 3 == 0 {
-                events.push(event(i * 700 + 2, EventBody::MetricsTick));
-                events.push(event(i * 700 + 3, EventBody::Tick));
-            }
-        }
-        let (first, rest) = events.split_at(events.len() / 2);
-        let apply = |fold: &mut Fold, from: usize, events: &[Event]| {
-            let mut out = Vec::new();
-            for (i, e) in events.iter().enumerate() {
-                let seq = (from + i + 1) as u64;
-                out.extend(
-                    fold.presence
-                        .apply(seq, e)
-                        .into_iter()
-                        .map(|c| c.encode().unwrap()),
-                );
-                out.extend(
-                    fold.active
-                        .apply(seq, e)
-                        .into_iter()
-                        .map(|m| m.encode().unwrap()),
-                );
-            }
-            out
-        };
-        apply(&mut fold, 0, first);
-        let restored: Fold = serde_json::from_str(&serde_json::to_string(&fold).unwrap()).unwrap();
-        assert_eq!(restored, fold);
-        let mut live = fold;
-        let mut resumed = restored;
-        assert_eq!(
-            apply(&mut live, first.len(), rest),
-            apply(&mut resumed, first.len(), rest)
-        );
-        assert_eq!(live, resumed);
     }
 }

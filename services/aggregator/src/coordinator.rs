@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::AggregatorConfig;
-use crate::consumer::{Fold, PartitionFold, Snapshots, fold_partition};
+use crate::consumer::{PartitionFold, Snapshots, fold_partition};
 use crate::leases::{Held, Holder, LeaseBook, LeaseValue, Seen, Step, member_key, partition_key};
 use crate::sweeper::{Clock, publish_ticks};
 
@@ -102,7 +102,7 @@ impl Run {
             PartitionFold {
                 partition,
                 lease: lease.clone(),
-                fold: Fold::new(&settings.config),
+                settings: settings.config.fold_settings(),
                 snapshots: settings.snapshots.clone(),
                 log: settings.log.clone(),
                 subjects: settings.subjects.clone(),

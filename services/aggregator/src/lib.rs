@@ -1,5 +1,5 @@
-//! The aggregator: folds each partition of the event log into presence state ([`state`])
-//! and active-user metrics ([`sessions`]), appends the clock ticks that sweep the silent and
+//! The aggregator: folds each partition of the event log into presence state and
+//! active-user metrics ([`presence_fold`]), appends the clock ticks that sweep the silent and
 //! compute the metrics ([`sweeper`]), and publishes every resulting change ([`consumer`]).
 //!
 //! Any number of aggregators run per cluster: each partition is folded by exactly one of
@@ -9,16 +9,11 @@
 
 mod consumer;
 mod coordinator;
-mod edges;
-mod event_time;
 mod leases;
 mod metric_families;
-mod pairs;
 #[cfg(test)]
 mod partitioned_tests;
 mod release;
-pub mod sessions;
-pub mod state;
 mod sweeper;
 
 use std::sync::Arc;
@@ -30,11 +25,6 @@ use presence_store::Store;
 use presence_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-pub use consumer::is_fenced;
-pub use event_time::in_log_time;
-pub use sessions::ActiveUsers;
-pub use state::PresenceState;
 
 /// Settings of the aggregator.
 #[derive(Debug, Clone, clap::Args)]
@@ -85,6 +75,18 @@ impl AggregatorConfig {
     /// [`AggregatorConfig::offline_retention`] in ms.
     pub fn offline_retention_ms(&self) -> u64 {
         u64::try_from(self.offline_retention.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The settings a partition's fold runs with.
+    pub fn fold_settings(&self) -> presence_fold::Settings {
+        presence_fold::Settings {
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms,
+            outage_after_ms: Some(self.outage_after_ms()),
+            offline_retention_ms: Some(self.offline_retention_ms()),
+            session_ttl_ms: self.session_ttl_ms,
+            ema_alpha: self.ema_alpha,
+            offline_feed_ttl: self.offline_feed_ttl,
+        }
     }
 }
 

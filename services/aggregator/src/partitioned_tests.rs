@@ -170,12 +170,14 @@ type Outputs = (
 );
 
 fn fresh() -> Fold {
-    Fold {
-        presence: crate::PresenceState::new(15_000),
-        active: crate::ActiveUsers::new(20_000, 0.3),
-        epoch: 0,
+    Fold::new(&presence_fold::Settings {
+        heartbeat_timeout_ms: 15_000,
+        outage_after_ms: None,
+        offline_retention_ms: None,
+        session_ttl_ms: 20_000,
+        ema_alpha: 0.3,
         offline_feed_ttl: std::time::Duration::from_secs(60),
-    }
+    })
 }
 
 fn fold_all(partitions: Partitions, events: &[Event]) -> (Outputs, BTreeMap<Partition, Fold>) {
@@ -248,11 +250,11 @@ fn ticks_of_an_older_epoch_are_not_folded() {
         e.epoch = epoch;
         e
     };
-    assert!(!crate::is_fenced(&mut fold.epoch, &tick(Some(5))));
-    assert!(!crate::is_fenced(&mut fold.epoch, &tick(Some(9))));
-    assert!(crate::is_fenced(&mut fold.epoch, &tick(Some(5))));
-    assert!(!crate::is_fenced(&mut fold.epoch, &tick(None)));
-    assert!(!crate::is_fenced(&mut fold.epoch, &tick(Some(9))));
+    assert!(!presence_fold::is_fenced(&mut fold.epoch, &tick(Some(5))));
+    assert!(!presence_fold::is_fenced(&mut fold.epoch, &tick(Some(9))));
+    assert!(presence_fold::is_fenced(&mut fold.epoch, &tick(Some(5))));
+    assert!(!presence_fold::is_fenced(&mut fold.epoch, &tick(None)));
+    assert!(!presence_fold::is_fenced(&mut fold.epoch, &tick(Some(9))));
     // Events of users are never fenced: they are the edges', not the owner's.
     let mut join = Event::new(
         node(),
@@ -265,6 +267,6 @@ fn ticks_of_an_older_epoch_are_not_folded() {
         },
     );
     join.epoch = Some(1);
-    assert!(!crate::is_fenced(&mut fold.epoch, &join));
+    assert!(!presence_fold::is_fenced(&mut fold.epoch, &join));
     assert_eq!(fold.epoch, 9);
 }

@@ -253,8 +253,10 @@ fn register_rejections() {
         .absolute(0);
     metrics::counter!("presence_http_rejected_total", "endpoint" => "unknown", "reason" => "unknown_action")
         .absolute(0);
-    metrics::counter!("presence_http_rejected_total", "endpoint" => "socket.io", "reason" => "too_large")
-        .absolute(0);
+    for reason in ["too_large", "invalid_body"] {
+        metrics::counter!("presence_http_rejected_total", "endpoint" => "socket.io", "reason" => reason)
+            .absolute(0);
+    }
     zero_counters(
         "presence_sockets_closed_total",
         "Socket.io connections closed, by why: the client left, the server closed it, a packet did not parse, the transport failed (a WebSocket message over PRESENCE_MAX_PACKET_BYTES among others), the client stopped answering pings",

@@ -17,12 +17,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use presence_aggregator::{ActiveUsers, PresenceState};
 use presence_config::{DbArgs, LogArgs};
 use presence_events::{
     Event, EventBody, Millis, Partition, Partitions, PresenceChange, Subjects, TenantId, UserId,
     UserKey, format_rfc3339,
 };
+use presence_fold::Fold;
 use presence_log::{EventLog, JetStreamLog, StartAt};
 use presence_store::Store;
 
@@ -89,14 +89,6 @@ fn parse_time(raw: &str) -> Result<Millis, String> {
     ))
 }
 
-/// One partition's fold.
-struct Fold {
-    presence: PresenceState,
-    active: ActiveUsers,
-    /// The newest owner epoch seen on its ticks (older ones are ignored, as live).
-    epoch: u64,
-}
-
 /// Runs a replay command.
 pub(crate) async fn run(
     log_args: &LogArgs,
@@ -146,16 +138,8 @@ pub(crate) async fn run(
             range.from_seq
         );
     }
-    let fresh = || Fold {
-        presence: {
-            let mut p = PresenceState::new(fold_settings.heartbeat_timeout_ms);
-            p.set_outage_after(Some(fold_settings.outage_after_ms()));
-            p.set_offline_retention(Some(fold_settings.offline_retention_ms()));
-            p
-        },
-        active: ActiveUsers::new(fold_settings.session_ttl_ms, fold_settings.ema_alpha),
-        epoch: 0,
-    };
+    let settings = fold_settings.fold_settings();
+    let fresh = || Fold::new(&settings);
     let mut folds: HashMap<Partition, Fold> = HashMap::new();
     let in_window =
         |at: Millis| range.since.is_none_or(|s| at >= s) && range.until.is_none_or(|u| at <= u);
@@ -189,13 +173,13 @@ pub(crate) async fn run(
         };
         let fold = folds.entry(partition).or_insert_with(fresh);
         let (event, written) = match Event::decode(&delivered.payload) {
-            Ok(e) if presence_aggregator::is_fenced(&mut fold.epoch, &e) => continue,
+            Ok(e) if presence_fold::is_fenced(&mut fold.epoch, &e) => continue,
             // Folded on the log's clock, exactly as the live aggregator folds it; the writer's
             // own time is kept for the timeline.
             Ok(e) => {
                 let written = e.at;
                 let stored = fold.presence.log_time(Millis(delivered.stored_ms));
-                (presence_aggregator::in_log_time(e, stored), written)
+                (presence_fold::in_log_time(e, stored), written)
             }
             Err(e) => {
                 progress.suspend(|| {

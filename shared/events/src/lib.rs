@@ -6,6 +6,7 @@
 //! encoded as JSON and versioned (see `docs/events.md`), so that a replay years later
 //! still decodes what the live system wrote.
 
+pub mod api_input;
 mod change;
 mod codec;
 mod event;

@@ -13,6 +13,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use presence_auth::Identity;
+use presence_events::api_input::{BodyError, MAX_BATCH_USERS};
 use presence_events::{UserId, ViewerClass};
 use presence_store::Store;
 
@@ -23,7 +24,7 @@ use crate::presence::{PresenceView, VisibilityPolicy};
 use crate::wire::PresenceUpdate;
 
 /// Most users one batch or page may hold.
-const MAX_USERS: usize = 500;
+const MAX_USERS: usize = MAX_BATCH_USERS;
 
 /// What the API handlers share.
 pub(crate) struct ApiContext {
@@ -85,19 +86,24 @@ impl ApiContext {
     }
 }
 
-/// The JSON body of a call, decoded as `T`, or a 400 saying what was `expected`. Only an
-/// object is taken: serde would also decode a struct from an array of its fields, which no
-/// client means.
-fn object_body<T: serde::de::DeserializeOwned>(
+/// The JSON body of a call, parsed by `parse` (a parser of `presence_events::api_input`), or
+/// a 400 saying what was `expected` and what was wrong.
+fn api_body<T>(
     body: Result<Json<serde_json::Value>, JsonRejection>,
     expected: &str,
+    parse: fn(serde_json::Value) -> Result<T, BodyError>,
 ) -> Result<T, ApiError> {
-    let refuse = |why: String| ApiError::bad_request(format!("expected {expected}: {why}"));
-    let Json(value) = body.map_err(|e| refuse(e.body_text()))?;
-    if !value.is_object() {
-        return Err(refuse("the body is not a JSON object".into()));
-    }
-    serde_json::from_value(value).map_err(|e| refuse(e.to_string()))
+    let Json(value) =
+        body.map_err(|e| ApiError::bad_request(format!("expected {expected}: {}", e.body_text())))?;
+    parse(value).map_err(|e| {
+        ApiError::bad_request(match e {
+            BodyError::Shape(why) => format!("expected {expected}: {why}"),
+            BodyError::TooMany(got) => {
+                format!("at most {MAX_BATCH_USERS} userIds per call, got {got}")
+            }
+            other => other.to_string(),
+        })
+    })
 }
 
 fn user_id(raw: String, what: &str) -> Result<UserId, ApiError> {
@@ -106,26 +112,81 @@ fn user_id(raw: String, what: &str) -> Result<UserId, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use presence_events::api_input::{parse_batch, parse_directory_entry, parse_status_write};
+    use serde_json::{Value, json};
+    use utoipa::PartialSchema;
 
     use super::*;
-
-    #[derive(serde::Deserialize, Debug)]
-    struct Entry {
-        #[allow(dead_code)]
-        username: Option<String>,
-        #[allow(dead_code)]
-        gender: Option<String>,
-    }
 
     #[test]
     fn an_array_body_is_refused_though_serde_would_read_it_as_the_fields() {
         // Found by schemathesis: `PUT /api/users/{id}` with `[null, null]` was stored.
-        assert!(serde_json::from_value::<Entry>(json!([null, null])).is_ok());
-        let refused = object_body::<Entry>(Ok(Json(json!([null, null]))), "{...}")
-            .expect_err("an array is not an entry");
-        assert!(format!("{refused:?}").contains("not a JSON object"));
-        assert!(object_body::<Entry>(Ok(Json(json!({"username": "ayse"}))), "{...}").is_ok());
-        assert!(object_body::<Entry>(Ok(Json(json!({"username": 5}))), "{...}").is_err());
+        let refused = api_body(
+            Ok(Json(json!([null, null]))),
+            "{...}",
+            parse_directory_entry,
+        )
+        .expect_err("an array is not an entry");
+        assert!(format!("{refused:?}").contains("expected {...}: the body is not a JSON object"));
+        assert!(
+            api_body(
+                Ok(Json(json!({"username": "ayse"}))),
+                "{...}",
+                parse_directory_entry
+            )
+            .is_ok()
+        );
+        assert!(
+            api_body(
+                Ok(Json(json!({"username": 5}))),
+                "{...}",
+                parse_directory_entry
+            )
+            .is_err()
+        );
+    }
+
+    /// The schema's example, and its required fields.
+    fn described<T: PartialSchema>() -> (Value, Vec<String>) {
+        let schema = serde_json::to_value(T::schema()).expect("encodes");
+        let mut required: Vec<String> = schema["required"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        required.sort_unstable();
+        (schema["example"].clone(), required)
+    }
+
+    #[test]
+    fn each_described_body_is_one_its_parser_takes_with_the_same_required_fields() {
+        let (example, required) = described::<reads::BatchRequest>();
+        assert_eq!(
+            parse_batch(example.clone())
+                .expect("the example parses")
+                .len(),
+            2
+        );
+        assert_eq!(required, ["userIds"]);
+        assert!(parse_batch(json!({})).is_err());
+
+        let (example, required) = described::<writes::StatusRequest>();
+        assert!(
+            parse_status_write(example)
+                .expect("the example parses")
+                .details
+                .is_some()
+        );
+        assert_eq!(required, ["status"]);
+        assert!(parse_status_write(json!({})).is_err());
+
+        let (example, required) = described::<writes::UserRequest>();
+        let entry = parse_directory_entry(example).expect("the example parses");
+        assert_eq!(entry.username.as_deref(), Some("ayse"));
+        assert!(required.is_empty(), "{required:?}");
+        assert!(parse_directory_entry(json!({})).is_ok());
     }
 }

@@ -7,9 +7,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use presence_events::UserId;
+use presence_events::api_input::parse_batch;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiContext, MAX_USERS, object_body, user_id};
+use super::{ApiContext, MAX_USERS, api_body, user_id};
 use crate::http_error::{ApiError, ApiResult};
 use crate::openapi::{ApiErrorBody, UserIdText};
 use crate::wire::PresenceUpdate;
@@ -44,8 +45,11 @@ pub(crate) async fn get_presence(
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no answer"))
 }
 
-/// Users to read at once.
+/// Users to read at once, as described to integrators; parsed by
+/// `presence_events::api_input::parse_batch`, which says what was wrong.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"userIds": ["ayse", "mehmet"]}))]
+#[allow(dead_code)]
 pub(crate) struct BatchRequest {
     /// At most 500.
     #[serde(rename = "userIds")]
@@ -78,19 +82,7 @@ pub(crate) async fn batch(
     body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Presences> {
     let caller = cx.auth.caller(&headers)?;
-    let request: BatchRequest = object_body(body, r#"{"userIds": [...]}"#)?;
-    if request.user_ids.len() > MAX_USERS {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_USERS} userIds per call, got {}",
-            request.user_ids.len()
-        )));
-    }
-    let users = request
-        .user_ids
-        .into_iter()
-        .enumerate()
-        .map(|(i, raw)| user_id(raw, &format!("userIds[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let users = api_body(body, r#"{"userIds": [...]}"#, parse_batch)?;
     Ok(Json(Presences {
         presence: cx.presence_of(&caller, users).await,
     }))

@@ -6,18 +6,21 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use presence_events::{Details, EventBody, SetStatus, ViewerClass};
+use presence_events::EventBody;
+use presence_events::api_input::{StatusWrite, parse_directory_entry, parse_status_write};
 use presence_store::UserRecord;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiContext, object_body, user_id};
+use super::{ApiContext, api_body, user_id};
 use crate::http_error::{ApiError, ApiResult};
 use crate::openapi::{ApiErrorBody, SettableStatus, UserIdText};
 use utoipa::ToSchema;
 
-/// A status to set.
+/// A status to set, as described to integrators; parsed by
+/// `presence_events::api_input::parse_status_write`.
 #[derive(Deserialize, ToSchema)]
 #[schema(example = json!({"status": "live", "details": {"title": "Evening stream"}}))]
+#[allow(dead_code)]
 pub(crate) struct StatusRequest {
     #[schema(value_type = SettableStatus)]
     status: String,
@@ -61,18 +64,11 @@ pub(crate) async fn set_status(
 ) -> ApiResult<Saved> {
     let caller = cx.auth.service(&headers)?;
     let user = user_id(user, "userId")?;
-    let request: StatusRequest = object_body(
+    let StatusWrite { status, details } = api_body(
         body,
         r#"{"status": "live" | "in_call" | "online", "details"?: {...}}"#,
+        parse_status_write,
     )?;
-    let status =
-        SetStatus::parse(&request.status).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let details = match request.details {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => {
-            Some(Details::parse(v).map_err(|e| ApiError::bad_request(format!("details: {e}")))?)
-        }
-    };
     if !cx.view.is_online(&caller.tenant, &user) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -97,9 +93,11 @@ pub(crate) async fn set_status(
     Ok(Json(Saved { ok: true }))
 }
 
-/// A directory entry.
+/// A directory entry, as described to integrators; parsed by
+/// `presence_events::api_input::parse_directory_entry`.
 #[derive(Deserialize, ToSchema)]
 #[schema(example = json!({"username": "ayse", "gender": "female"}))]
+#[allow(dead_code)]
 pub(crate) struct UserRequest {
     /// What search finds: at most 100 characters, no NUL.
     #[schema(max_length = 100, pattern = r"^[^\u0000]*$")]
@@ -133,21 +131,12 @@ pub(crate) async fn put_user(
 ) -> ApiResult<Saved> {
     let caller = cx.auth.service(&headers)?;
     let user = user_id(user, "userId")?;
-    let request: UserRequest = object_body(body, r#"{"username"?, "gender"?}"#)?;
-    if request
-        .username
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 100 || n.contains('\0'))
-    {
-        return Err(ApiError::bad_request(
-            "username: at most 100 characters, no NUL",
-        ));
-    }
+    let entry = api_body(body, r#"{"username"?, "gender"?}"#, parse_directory_entry)?;
     let record = UserRecord {
         tenant: caller.tenant,
         user,
-        username: request.username,
-        class: ViewerClass::from_gender(request.gender.as_deref()).to_string(),
+        username: entry.username,
+        class: entry.class.to_string(),
     };
     cx.store()?.upsert_users(&[record]).await.map_err(|e| {
         tracing::warn!(error = %e, "directory write failed");

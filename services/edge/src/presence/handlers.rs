@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use presence_auth::Identity;
-use presence_events::{ConnId, Details, EventBody, LeaveReason, Millis, SetStatus, UserId};
+use presence_events::api_input::{
+    BodyError, MAX_BATCH_USERS, StatusWrite, parse_batch, parse_status_write,
+};
+use presence_events::{ConnId, EventBody, LeaveReason, Millis, UserId};
 use serde::Deserialize;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Extension, SocketRef, TryData};
@@ -23,16 +26,6 @@ use super::cursor::Cursor;
 use super::subscriptions::{SetChange, SubscriptionIndex};
 use crate::ingress::BeatBatcher;
 use crate::wire::{PresenceUpdate, SocketAck as Ack};
-
-/// Most users one `presence:query` may ask about.
-const MAX_QUERY_USERS: usize = 500;
-
-#[derive(Debug, Deserialize)]
-struct StatusRequest {
-    status: String,
-    #[serde(default)]
-    details: Option<serde_json::Value>,
-}
 
 /// `{userIds}`, `{add}` or `{remove}`, and the cursor of a resubscription.
 #[derive(Debug, Deserialize)]
@@ -72,12 +65,6 @@ fn user_ids(field: &str, raw: Vec<serde_json::Value>) -> Result<Vec<UserId>, Str
 #[derive(Debug, Deserialize)]
 struct RefreshRequest {
     token: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct QueryRequest {
-    #[serde(rename = "userIds")]
-    user_ids: Vec<String>,
 }
 
 /// The `reason` label of `presence_sockets_closed_total`.
@@ -170,14 +157,14 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
         s,
         context,
         "user:status",
-        StatusRequest,
+        serde_json::Value,
         |cx, sn, request| { cx.set_status(sn, request).await }
     );
     acked!(
         s,
         context,
         "presence:query",
-        QueryRequest,
+        serde_json::Value,
         |cx, sn, request| { cx.query(sn, request).await }
     );
     acked!(
@@ -210,25 +197,23 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
 }
 
 impl SocketContext {
-    async fn set_status(&self, sn: &Connection, request: Option<StatusRequest>) -> Ack {
+    async fn set_status(&self, sn: &Connection, request: Option<serde_json::Value>) -> Ack {
         const EVENT: &str = "user:status";
-        let Some(request) = request else {
-            return refuse(
-                EVENT,
-                "bad_payload",
-                "expected {status: \"online\" | \"live\" | \"in_call\", details?: {...}}".into(),
-            );
-        };
-        let status = match SetStatus::parse(&request.status) {
-            Ok(status) => status,
-            Err(e) => return refuse(EVENT, "unknown_status", e.to_string()),
-        };
-        let details = match request.details {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => match Details::parse(value) {
-                Ok(details) => Some(details),
-                Err(e) => return refuse(EVENT, "bad_details", e.to_string()),
-            },
+        let parsed = request.map(parse_status_write);
+        let StatusWrite { status, details } = match parsed {
+            Some(Ok(write)) => write,
+            Some(Err(BodyError::Status(e))) => {
+                return refuse(EVENT, "unknown_status", e.to_string());
+            }
+            Some(Err(BodyError::Details(e))) => return refuse(EVENT, "bad_details", e.to_string()),
+            None | Some(Err(_)) => {
+                return refuse(
+                    EVENT,
+                    "bad_payload",
+                    "expected {status: \"online\" | \"live\" | \"in_call\", details?: {...}}"
+                        .into(),
+                );
+            }
         };
         let id = &sn.identity;
         let body = EventBody::Status {
@@ -252,32 +237,28 @@ impl SocketContext {
         }
     }
 
-    async fn query(&self, sn: &Connection, request: Option<QueryRequest>) -> Ack {
+    async fn query(&self, sn: &Connection, request: Option<serde_json::Value>) -> Ack {
         const EVENT: &str = "presence:query";
-        let Some(request) = request else {
-            return refuse(
-                EVENT,
-                "bad_payload",
-                "expected {userIds: [\"<userId>\", ...]}".into(),
-            );
-        };
-        if request.user_ids.len() > MAX_QUERY_USERS {
-            return refuse(
-                EVENT,
-                "too_many",
-                format!(
-                    "at most {MAX_QUERY_USERS} userIds per query, got {}",
-                    request.user_ids.len()
-                ),
-            );
-        }
-        let mut users = Vec::with_capacity(request.user_ids.len());
-        for (i, raw) in request.user_ids.into_iter().enumerate() {
-            match UserId::parse(raw) {
-                Ok(user) => users.push(user),
-                Err(e) => return refuse(EVENT, "bad_user_id", format!("userIds[{i}]: {e}")),
+        let users = match request.map(parse_batch) {
+            Some(Ok(users)) => users,
+            Some(Err(BodyError::TooMany(got))) => {
+                return refuse(
+                    EVENT,
+                    "too_many",
+                    format!("at most {MAX_BATCH_USERS} userIds per query, got {got}"),
+                );
             }
-        }
+            Some(Err(e @ BodyError::UserId { .. })) => {
+                return refuse(EVENT, "bad_user_id", e.to_string());
+            }
+            None | Some(Err(_)) => {
+                return refuse(
+                    EVENT,
+                    "bad_payload",
+                    "expected {userIds: [\"<userId>\", ...]}".into(),
+                );
+            }
+        };
         let id = &sn.identity;
         Ack::presence(
             self.view

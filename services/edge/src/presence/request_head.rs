@@ -14,37 +14,82 @@ pub(crate) async fn detach_request_head(mut req: axum::extract::Request) -> axum
     req
 }
 
-/// Refuses a Socket.io polling POST whose declared body is over `max_bytes` with 413 and a
-/// JSON body, counted, before the Socket.io layer reads any of it. (A chunked body without a
-/// length is bounded by the layer itself, which answers an empty 413.)
+/// Refuses a Socket.io polling POST whose body is over `max_bytes` with 413 and a JSON
+/// body, counted, before the Socket.io layer reads any of it: a declared length is checked as
+/// it is; a body without one (chunked) is read here up to the limit, and handed on with its
+/// length once it is known to fit.
 pub(crate) async fn refuse_oversized_polls(
     axum::extract::State(max_bytes): axum::extract::State<u64>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
+    if req.method() != axum::http::Method::POST || !req.uri().path().starts_with(SOCKET_IO_PATH) {
+        return next.run(req).await;
+    }
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(len)
-            if len > max_bytes
-                && req.method() == axum::http::Method::POST
-                && req.uri().path().starts_with(SOCKET_IO_PATH) =>
-        {
-            metrics::counter!("presence_http_rejected_total", "endpoint" => "socket.io", "reason" => "too_large")
-                .increment(1);
-            let body = axum::Json(serde_json::json!({
-                "error": "Payload Too Large",
-                "code": "too_large",
-                "message": format!("the polling payload is {len} bytes; the limit is {max_bytes} (PRESENCE_MAX_PACKET_BYTES)"),
-            }));
-            (axum::http::StatusCode::PAYLOAD_TOO_LARGE, body).into_response()
+        Some(len) if len > max_bytes => too_large(format!(
+            "the polling payload is {len} bytes; the limit is {max_bytes} (PRESENCE_MAX_PACKET_BYTES)"
+        )),
+        Some(_) => next.run(req).await,
+        None => {
+            let (mut head, body) = req.into_parts();
+            let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+            match axum::body::to_bytes(body, limit).await {
+                Ok(bytes) => {
+                    head.headers
+                        .insert(axum::http::header::CONTENT_LENGTH, bytes.len().into());
+                    head.headers.remove(axum::http::header::TRANSFER_ENCODING);
+                    let req =
+                        axum::extract::Request::from_parts(head, axum::body::Body::from(bytes));
+                    next.run(req).await
+                }
+                Err(e) if is_over_limit(&e) => too_large(format!(
+                    "the polling payload is over the limit of {max_bytes} bytes (PRESENCE_MAX_PACKET_BYTES)"
+                )),
+                // The body broke off (the client stopped sending or sent a bad chunk).
+                Err(e) => {
+                    metrics::counter!("presence_http_rejected_total", "endpoint" => "socket.io", "reason" => "invalid_body")
+                        .increment(1);
+                    let body = axum::Json(serde_json::json!({
+                        "error": "Bad Request",
+                        "code": "invalid_body",
+                        "message": format!("the polling payload could not be read: {e}"),
+                    }));
+                    (axum::http::StatusCode::BAD_REQUEST, body).into_response()
+                }
+            }
         }
-        _ => next.run(req).await,
     }
+}
+
+use axum::response::IntoResponse;
+
+/// Whether reading a body failed on its length limit (rather than on the connection).
+fn is_over_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn too_large(message: String) -> axum::response::Response {
+    metrics::counter!("presence_http_rejected_total", "endpoint" => "socket.io", "reason" => "too_large")
+        .increment(1);
+    let body = axum::Json(serde_json::json!({
+        "error": "Payload Too Large",
+        "code": "too_large",
+        "message": message,
+    }));
+    (axum::http::StatusCode::PAYLOAD_TOO_LARGE, body).into_response()
 }
 
 /// Where the Socket.io layer answers.
