@@ -1517,6 +1517,82 @@ async fn only_a_customers_own_sites_may_count_for_it() {
 }
 
 #[tokio::test]
+async fn a_customers_new_site_is_allowed_from_the_origins_file_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("presence-origins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let file = dir.join("origins");
+    // Written whole and renamed into place, as an operator (or a ConfigMap) does.
+    let write = |text: &str| {
+        let next = dir.join("origins.next");
+        std::fs::write(&next, text).expect("writing the origins file");
+        std::fs::rename(&next, &file).expect("replacing the origins file");
+    };
+    write("# the widget's sites\nshop-9=https://nine.example\n");
+    let d = Deployment::start(
+        Mode::Standalone,
+        &[("PRESENCE_CUSTOMER_ORIGINS_FILE", file.display().to_string())],
+    )
+    .await
+    .expect("standalone");
+    let admin = d.edge_admin(0);
+    let join = |origin: &'static str| {
+        let url = format!("{}/presence/join", d.a);
+        async move {
+            let body = br#"{"customerId":"shop-9","sessionId":"s-1","tabId":"t-1"}"#;
+            let headers = [("content-type", "application/json"), ("origin", origin)];
+            http("POST", &url, &headers, Some(body))
+                .await
+                .expect("an answer")
+                .status
+        }
+    };
+    let until = |want: u16, origin: &'static str| async move {
+        let started = std::time::Instant::now();
+        loop {
+            let status = join(origin).await;
+            if status == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "{origin}: still {status}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(join("https://nine.example").await, 200);
+    assert_eq!(join("https://shop.nine.example").await, 403);
+
+    // The customer opens a second site: the file names it, and the edge takes it as it runs.
+    let reloads = r#"presence_origin_reloads_total{outcome="ok"}"#;
+    let before = series(&admin, reloads).await;
+    write("shop-9=https://nine.example|https://shop.nine.example\n");
+    until(200, "https://shop.nine.example").await;
+    assert!(series(&admin, reloads).await >= before + 1.0);
+
+    // A file that does not parse is counted and changes nothing.
+    let failed = r#"presence_origin_reloads_total{outcome="error"}"#;
+    let before = series(&admin, failed).await;
+    write("shop-9=shop.nine.example\n");
+    let started = std::time::Instant::now();
+    while series(&admin, failed).await < before + 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the bad file was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(join("https://shop.nine.example").await, 200);
+    assert_eq!(join("https://evil.example").await, 403);
+
+    // And a site taken off the list is refused again.
+    write("shop-9=https://nine.example\n");
+    until(403, "https://shop.nine.example").await;
+    alive(&d).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn one_machine_inventing_sessions_counts_as_a_few_people_at_most() {
     let d = Deployment::start(
         Mode::Standalone,

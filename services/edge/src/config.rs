@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use presence_auth::{KeyError, Verifier};
 use presence_config::{Environment, Secret};
 
-use crate::active_users::{RateLimitConfig, UnlistedOrigins};
+use crate::active_users::{OriginPolicy, RateLimitConfig, UnlistedOrigins};
 use crate::presence::VisibilityPolicy;
 
 /// JWT signature algorithms accepted (one is pinned per deployment).
@@ -119,6 +119,12 @@ pub struct EdgeConfig {
     /// listed customer is refused (403 / close 4403 `origin_not_allowed`) to any other origin.
     #[arg(long, env = "PRESENCE_CUSTOMER_ORIGINS", default_value = "")]
     pub customer_origins: String,
+    /// A file of more such lists, one `customer=origin|origin` per line (`#` comments),
+    /// re-read while the edge runs: a customer it names takes the file's list over
+    /// PRESENCE_CUSTOMER_ORIGINS's. A file that does not parse stops the edge at start, and
+    /// is ignored (logged, counted) on a reload.
+    #[arg(long, env = "PRESENCE_CUSTOMER_ORIGINS_FILE")]
+    pub customer_origins_file: Option<PathBuf>,
     /// What a customer missing from PRESENCE_CUSTOMER_ORIGINS accepts: `any` origin, or `none`.
     #[arg(long, env = "PRESENCE_CUSTOMER_ORIGINS_DEFAULT", value_enum, default_value_t = UnlistedOrigins::Any)]
     pub unlisted_origins: UnlistedOrigins,
@@ -165,8 +171,8 @@ pub enum EdgeError {
         /// What it must be at least.
         needed: u64,
     },
-    /// PRESENCE_CUSTOMER_ORIGINS does not parse.
-    #[error("PRESENCE_CUSTOMER_ORIGINS: {0}")]
+    /// PRESENCE_CUSTOMER_ORIGINS or its file does not parse.
+    #[error("{0}")]
     Origins(String),
     /// The OpenAPI description could not be encoded.
     #[error("cannot encode the OpenAPI description: {0}")]
@@ -209,6 +215,25 @@ pub enum Liveness {
 }
 
 impl EdgeConfig {
+    /// The customers' allowed origins: PRESENCE_CUSTOMER_ORIGINS, then the file's lists.
+    pub(crate) fn origins(&self) -> Result<OriginPolicy, EdgeError> {
+        let file = match &self.customer_origins_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                EdgeError::Origins(format!(
+                    "PRESENCE_CUSTOMER_ORIGINS_FILE {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        OriginPolicy::load(
+            &self.customer_origins,
+            file.as_deref(),
+            self.unlisted_origins,
+        )
+        .map_err(EdgeError::Origins)
+    }
+
     /// The token verifier of this configuration: the configured key for tokens without a
     /// `kid`, and the keys of `JWT_KEYS_FILE` by `kid`. `None` only where tokens are not
     /// needed (no key at all, in development with insecure user ids allowed).

@@ -20,12 +20,12 @@ mod config;
 mod http_auth;
 mod http_error;
 mod ingress;
-mod keys;
 mod listener;
 mod metric_families;
 mod openapi;
 mod ops;
 mod presence;
+mod reload;
 mod wire;
 
 use std::net::SocketAddr;
@@ -112,9 +112,19 @@ impl Edge {
         config.check()?;
         let verifier = config.verifier(environment)?;
         if let (Some(path), Some(verifier)) = (&config.jwt_keys_file, &verifier) {
-            tasks.spawn(keys::watch(
-                path.clone(),
-                verifier.clone(),
+            let verifier = verifier.clone();
+            tasks.spawn(reload::watch(
+                reload::Watched {
+                    path: path.clone(),
+                    holds: "verification keys",
+                    counter: "presence_key_reloads_total",
+                    apply: move |jwks: &[u8]| {
+                        verifier
+                            .replace_keys(jwks)
+                            .map(|keys| format!("{keys} keys"))
+                            .map_err(|e| e.to_string())
+                    },
+                },
                 shutdown.clone(),
             ));
         }
@@ -165,14 +175,28 @@ impl Edge {
             shutdown.clone(),
         );
         let presence = Arc::new(presence);
+        let origins = config.origins()?;
+        if let Some(path) = &config.customer_origins_file {
+            let origins = origins.clone();
+            tasks.spawn(reload::watch(
+                reload::Watched {
+                    path: path.clone(),
+                    holds: "customers' origins",
+                    counter: "presence_origin_reloads_total",
+                    apply: move |file: &[u8]| {
+                        let text = std::str::from_utf8(file).map_err(|e| e.to_string())?;
+                        origins
+                            .replace_file(text)
+                            .map(|customers| format!("{customers} customers listed"))
+                    },
+                },
+                shutdown.clone(),
+            ));
+        }
         let active_users = ActiveUsers::start(
             ActiveUsersSettings {
                 limits: &config.rate_limits,
-                origins: active_users::OriginPolicy::parse(
-                    &config.customer_origins,
-                    config.unlisted_origins,
-                )
-                .map_err(EdgeError::Origins)?,
+                origins,
                 sessions_per_address: config.max_sessions_per_ip_per_customer,
                 auth_timeout: Duration::from_millis(config.ws_auth_timeout_ms),
                 announcements: announcements.clone(),

@@ -317,6 +317,12 @@ fn register_rejections() {
         &["ok", "error"],
     );
     zero_counters(
+        "presence_origin_reloads_total",
+        "Reloads of PRESENCE_CUSTOMER_ORIGINS_FILE, by outcome",
+        "outcome",
+        &["ok", "error"],
+    );
+    zero_counters(
         "presence_encode_failures_total",
         "Values that could not be encoded (a bug), by what",
         "what",

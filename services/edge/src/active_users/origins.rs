@@ -2,9 +2,11 @@
 //! (`PRESENCE_CUSTOMER_ORIGINS`): the widget runs on the customer's own pages, so a count can
 //! only be raised from them. A customer with an allow-list is refused to any other origin, and
 //! to a request without an `Origin` (a browser always sends one across origins). A customer
-//! without a list follows `PRESENCE_CUSTOMER_ORIGINS_DEFAULT`: `any` origin, or `none`.
+//! without a list follows `PRESENCE_CUSTOMER_ORIGINS_DEFAULT`: `any` origin, or `none`. Lists
+//! may also come from a file (`PRESENCE_CUSTOMER_ORIGINS_FILE`), re-read while the edge runs.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use presence_events::TenantId;
 
@@ -17,9 +19,18 @@ pub enum UnlistedOrigins {
     None,
 }
 
-/// The allow-lists, parsed from `shop-42=https://shop42.com|https://www.shop42.com;shop-7=…`.
+/// The allow-lists, parsed from `shop-42=https://shop42.com|https://www.shop42.com;shop-7=…`
+/// (and from a file of such entries, one per line). Clones share the lists, so a reload of
+/// the file reaches every handler.
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
+    lists: Arc<RwLock<Arc<Lists>>>,
+    /// The lists of PRESENCE_CUSTOMER_ORIGINS, under those of the file.
+    configured: Arc<Lists>,
+}
+
+#[derive(Debug)]
+struct Lists {
     lists: HashMap<TenantId, Vec<String>>,
     unlisted: UnlistedOrigins,
 }
@@ -57,9 +68,9 @@ fn normal(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
-impl OriginPolicy {
+impl Lists {
     /// Parses `customer=origin|origin;customer=origin`; an empty text lists no customer.
-    pub fn parse(text: &str, unlisted: UnlistedOrigins) -> Result<Self, String> {
+    fn parse(text: &str, unlisted: UnlistedOrigins) -> Result<Self, String> {
         let mut lists = HashMap::new();
         for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
             let (customer, origins) = entry.split_once('=').ok_or_else(|| {
@@ -87,13 +98,70 @@ impl OriginPolicy {
         Ok(Self { lists, unlisted })
     }
 
+    /// These lists, then `file`'s (a customer it names takes its list from it): one entry
+    /// per line, `#` starting a comment.
+    fn with_file(&self, file: &str) -> Result<Self, String> {
+        let entries: Vec<&str> = file
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or_default())
+            .collect();
+        let from_file = Lists::parse(&entries.join(";"), self.unlisted)?;
+        let mut lists = self.lists.clone();
+        lists.extend(from_file.lists);
+        Ok(Self {
+            lists,
+            unlisted: self.unlisted,
+        })
+    }
+}
+
+impl OriginPolicy {
+    /// Parses `customer=origin|origin;customer=origin`; an empty text lists no customer.
+    #[cfg(test)]
+    pub fn parse(text: &str, unlisted: UnlistedOrigins) -> Result<Self, String> {
+        Self::load(text, None, unlisted)
+    }
+
+    /// The lists of `text` (PRESENCE_CUSTOMER_ORIGINS), then those of `file`
+    /// (PRESENCE_CUSTOMER_ORIGINS_FILE's content), each error naming where it was.
+    pub fn load(text: &str, file: Option<&str>, unlisted: UnlistedOrigins) -> Result<Self, String> {
+        let configured = Arc::new(
+            Lists::parse(text, unlisted).map_err(|e| format!("PRESENCE_CUSTOMER_ORIGINS: {e}"))?,
+        );
+        let lists = match file {
+            Some(file) => Arc::new(
+                configured
+                    .with_file(file)
+                    .map_err(|e| format!("PRESENCE_CUSTOMER_ORIGINS_FILE: {e}"))?,
+            ),
+            None => configured.clone(),
+        };
+        Ok(Self {
+            lists: Arc::new(RwLock::new(lists)),
+            configured,
+        })
+    }
+
+    /// Takes the file's new content; on an error the lists in use stay. The number of
+    /// customers listed.
+    pub(crate) fn replace_file(&self, file: &str) -> Result<usize, String> {
+        let lists = self.configured.with_file(file)?;
+        let customers = lists.lists.len();
+        *self.lists.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(lists);
+        Ok(customers)
+    }
+
+    fn current(&self) -> Arc<Lists> {
+        self.lists
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Any origin for every customer: what an edge does unless configured.
     #[cfg(test)]
     pub fn open() -> Self {
-        Self {
-            lists: HashMap::new(),
-            unlisted: UnlistedOrigins::Any,
-        }
+        Self::parse("", UnlistedOrigins::Any).expect("no lists parse")
     }
 
     /// Whether `origin` (the request's `Origin`, if any) may call for `customer`.
@@ -102,11 +170,12 @@ impl OriginPolicy {
         customer: &TenantId,
         origin: Option<&str>,
     ) -> Result<(), OriginRefusal> {
-        match (self.lists.get(customer), origin) {
+        let current = self.current();
+        match (current.lists.get(customer), origin) {
             (Some(list), Some(origin)) if list.contains(&normal(origin)) => Ok(()),
             (Some(_), Some(origin)) => Err(OriginRefusal::NotAllowed(origin.to_owned())),
             (Some(_), None) => Err(OriginRefusal::Missing),
-            (None, _) if self.unlisted == UnlistedOrigins::Any => Ok(()),
+            (None, _) if current.unlisted == UnlistedOrigins::Any => Ok(()),
             (None, origin) => Err(origin.map_or(OriginRefusal::Missing, |o| {
                 OriginRefusal::NotAllowed(o.to_owned())
             })),
@@ -116,16 +185,17 @@ impl OriginPolicy {
     /// Whether a CORS preflight from `origin` may be answered (the customer is in the body,
     /// not known yet): it is on some customer's list, or unlisted customers take any.
     pub(crate) fn may_ask(&self, origin: &str) -> bool {
-        self.unlisted == UnlistedOrigins::Any || {
+        let current = self.current();
+        current.unlisted == UnlistedOrigins::Any || {
             let origin = normal(origin);
-            self.lists.values().any(|list| list.contains(&origin))
+            current.lists.values().any(|list| list.contains(&origin))
         }
     }
 
     /// Customers with a list.
     #[cfg(test)]
     fn listed(&self) -> usize {
-        self.lists.len()
+        self.current().lists.len()
     }
 }
 
@@ -197,5 +267,72 @@ mod tests {
                 .listed(),
             0
         );
+    }
+
+    #[test]
+    fn a_file_adds_lists_over_the_configured_ones_and_a_bad_reload_keeps_them() {
+        let policy = OriginPolicy::load(
+            "shop-42=https://shop42.com;shop-7=https://seven.example",
+            Some("# the widget's sites\nshop-7=https://new.seven.example  # moved\n\nshop-9=https://nine.example|https://www.nine.example\n"),
+            UnlistedOrigins::None,
+        )
+        .unwrap();
+        assert_eq!(policy.listed(), 3);
+        assert!(
+            policy
+                .check(&tenant("shop-42"), Some("https://shop42.com"))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check(&tenant("shop-7"), Some("https://new.seven.example"))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check(&tenant("shop-7"), Some("https://seven.example"))
+                .is_err()
+        );
+        assert!(
+            policy
+                .check(&tenant("shop-9"), Some("https://www.nine.example"))
+                .is_ok()
+        );
+
+        // A clone (a handler's) sees the reload.
+        let handler = policy.clone();
+        assert_eq!(
+            policy.replace_file("shop-9=https://other.nine.example"),
+            Ok(3)
+        );
+        assert!(
+            handler
+                .check(&tenant("shop-9"), Some("https://www.nine.example"))
+                .is_err()
+        );
+        assert!(
+            handler
+                .check(&tenant("shop-9"), Some("https://other.nine.example"))
+                .is_ok()
+        );
+        // The configured list of shop-7 is back once the file no longer names it.
+        assert!(
+            handler
+                .check(&tenant("shop-7"), Some("https://seven.example"))
+                .is_ok()
+        );
+
+        let e = policy.replace_file("shop-9=nine.example").unwrap_err();
+        assert!(e.contains("scheme://host"), "{e}");
+        assert!(
+            handler
+                .check(&tenant("shop-9"), Some("https://other.nine.example"))
+                .is_ok()
+        );
+
+        let e = OriginPolicy::load("", Some("shop-9"), UnlistedOrigins::Any).unwrap_err();
+        assert!(e.starts_with("PRESENCE_CUSTOMER_ORIGINS_FILE: "), "{e}");
+        let e = OriginPolicy::load("x", None, UnlistedOrigins::Any).unwrap_err();
+        assert!(e.starts_with("PRESENCE_CUSTOMER_ORIGINS: "), "{e}");
     }
 }
