@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
         offline_retention_ms: Some(3_600_000),
         session_ttl_ms: 20_000,
         ema_alpha: 0.3,
+        sessions_per_source: 3,
         offline_feed_ttl: Duration::from_secs(60),
     };
     // The record's sequence is the state's own when the saver wrote both.

@@ -1645,3 +1645,70 @@ async fn one_machine_inventing_sessions_counts_as_a_few_people_at_most() {
     refused_at_auth(&d, &mut socket, auth, "too_many_sessions", 4429).await;
     alive(&d).await;
 }
+
+#[tokio::test]
+async fn behind_two_edges_one_machine_still_counts_as_its_share_of_sessions() {
+    let d = Deployment::start(
+        Mode::Cluster,
+        &[
+            ("PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER", "3".into()),
+            ("PRESENCE_MAX_SESSIONS_PER_SOURCE", "3".into()),
+            ("PRESENCE_METRICS_TICK_MS", "200".into()),
+        ],
+    )
+    .await
+    .expect("cluster");
+    // Each edge admits three sessions of this address: six in all, over HTTP and WebSocket.
+    for (edge, browser) in [(&d.a, 0), (&d.a, 1), (&d.a, 2), (&d.b, 3), (&d.b, 4)] {
+        let body =
+            format!(r#"{{"customerId":"shop-42","sessionId":"browser-{browser}","tabId":"t"}}"#);
+        let answer = http(
+            "POST",
+            &format!("{edge}/presence/join"),
+            &[("content-type", "application/json")],
+            Some(body.as_bytes()),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(answer.status, 200, "browser-{browser}: {}", answer.body);
+    }
+    let mut socket = tokio_tungstenite::connect_async(format!(
+        "{}/ws/active-users",
+        d.b.replacen("http", "ws", 1)
+    ))
+    .await
+    .expect("a WebSocket")
+    .0;
+    socket
+        .send(Message::text(
+            r#"{"type":"auth","customerId":"shop-42","sessionId":"browser-5","tabId":"t"}"#,
+        ))
+        .await
+        .expect("auth");
+    // The count the cluster computes takes three of them, read on either edge.
+    let count = || async {
+        http(
+            "GET",
+            &format!("{}/metrics?customerId=shop-42", d.a),
+            &[],
+            None,
+        )
+        .await
+        .expect("an answer")
+        .json()["count"]
+            .as_u64()
+    };
+    let started = std::time::Instant::now();
+    while count().await != Some(3) {
+        assert!(
+            started.elapsed() < WAIT,
+            "the count is {:?}, not 3",
+            count().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several ticks later it has not crept up to the six sessions the edges admitted.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(count().await, Some(3));
+    alive(&d).await;
+}

@@ -485,6 +485,7 @@ mod tests {
             session_ttl_ms: 60_000,
             metrics_tick_ms: 500,
             ema_alpha: 0.2,
+            max_sessions_per_source: 50,
             snapshot_interval_ms: 30_000,
             lease_ttl_ms: TTL_MS,
             offline_retention: Duration::from_secs(3600),

@@ -45,6 +45,11 @@ pub struct AggregatorConfig {
     /// Weight of the newest count in the EMA.
     #[arg(long, env = "PRESENCE_EMA_ALPHA", default_value_t = 0.2, value_parser = parse_alpha)]
     pub ema_alpha: f64,
+    /// Sessions a customer's count takes from any one client source (an address, or an IPv6
+    /// /64), across every edge; 0: no limit. Edges name a session's source only while their
+    /// own per-address cap (PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER) is on.
+    #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_SOURCE", default_value_t = 50)]
+    pub max_sessions_per_source: u32,
     /// How often the fold state is saved to PostgreSQL, when DATABASE_URL is set (ms).
     #[arg(long, env = "PRESENCE_SNAPSHOT_INTERVAL_MS", default_value_t = 30_000)]
     pub snapshot_interval_ms: u64,
@@ -85,6 +90,7 @@ impl AggregatorConfig {
             offline_retention_ms: Some(self.offline_retention_ms()),
             session_ttl_ms: self.session_ttl_ms,
             ema_alpha: self.ema_alpha,
+            sessions_per_source: self.max_sessions_per_source,
             offline_feed_ttl: self.offline_feed_ttl,
         }
     }

@@ -116,6 +116,7 @@ fn workload(seed: u64) -> Vec<Event> {
                 tab: TabId::parse(format!("t{}", rng.next(40))).unwrap(),
                 transport: Transport::Http,
                 platform: None,
+                source: Some(format!("src-{}", rng.next(3))),
             },
             7 => EventBody::SessionBeat {
                 beats: (0..rng.next(8))
@@ -124,6 +125,7 @@ fn workload(seed: u64) -> Vec<Event> {
                         session: SessionId::parse(format!("s{}", rng.next(20))).unwrap(),
                         tab: TabId::parse(format!("t{}", rng.next(40))).unwrap(),
                         at: Millis(at),
+                        source: (rng.next(2) == 0).then(|| format!("src-{}", rng.next(3))),
                     })
                     .collect(),
             },
@@ -176,6 +178,7 @@ fn fresh() -> Fold {
         offline_retention_ms: None,
         session_ttl_ms: 20_000,
         ema_alpha: 0.3,
+        sessions_per_source: 2,
         offline_feed_ttl: std::time::Duration::from_secs(60),
     })
 }

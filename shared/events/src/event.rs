@@ -112,6 +112,10 @@ pub enum EventBody {
         /// Client platform, as reported (at most 64 characters).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         platform: Option<String>,
+        /// Where the client connected from, as [`source_of`](crate::source_of) hashes it: a
+        /// customer's count takes a bounded number of sessions from any one source.
+        #[serde(default, rename = "src", skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
     /// Active-users tabs that beat (WebSocket pings batched per edge, or one `POST /presence/beat`).
     SessionBeat {
@@ -160,6 +164,10 @@ pub struct SessionBeatEntry {
     pub tab: TabId,
     /// Time of the tab's latest beat.
     pub at: Millis,
+    /// Where the beat came from ([`source_of`](crate::source_of)), for a beat that arrived on
+    /// its own (HTTP); a WebSocket's beats leave it to the join of their connection.
+    #[serde(default, rename = "src", skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The transport an active-users tab came in on.

@@ -29,7 +29,7 @@ pub use ids::{
 };
 pub use metrics::TenantMetrics;
 pub use partition::{
-    EpochFence, MAX_PARTITIONS, Partition, PartitionCountError, Partitions, SequenceMark,
+    EpochFence, MAX_PARTITIONS, Partition, PartitionCountError, Partitions, SequenceMark, source_of,
 };
 pub use stats::{ClusterStats, PresenceStats};
 pub use status::{Details, DetailsError, SetStatus, Status, StatusError};

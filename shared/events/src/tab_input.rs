@@ -18,8 +18,9 @@ pub struct TabRequest {
 }
 
 impl TabRequest {
-    /// The `session_join` of this tab, over `transport`.
-    pub fn join(self, transport: Transport) -> EventBody {
+    /// The `session_join` of this tab, over `transport`, from `source`
+    /// ([`source_of`](crate::source_of) the client's address).
+    pub fn join(self, transport: Transport, source: Option<String>) -> EventBody {
         let TabRequest { tab, platform } = self;
         EventBody::SessionJoin {
             tenant: tab.tenant,
@@ -27,6 +28,7 @@ impl TabRequest {
             tab: tab.tab,
             transport,
             platform,
+            source,
         }
     }
 }

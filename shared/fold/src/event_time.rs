@@ -105,6 +105,7 @@ mod tests {
             session: SessionId::parse("s").unwrap(),
             tab: TabId::parse("t").unwrap(),
             at: Millis(9_000),
+            source: None,
         }];
         let batch = Event::new(
             NodeId::parse("edge").unwrap(),

@@ -31,6 +31,8 @@ pub struct Settings {
     pub offline_retention_ms: Option<u64>,
     pub session_ttl_ms: u64,
     pub ema_alpha: f64,
+    /// Sessions a customer's count takes from any one source (0: no limit).
+    pub sessions_per_source: u32,
     /// How long an offline change stays in the online stream.
     pub offline_feed_ttl: Duration,
 }
@@ -69,9 +71,11 @@ impl Fold {
         let mut presence = PresenceState::new(settings.heartbeat_timeout_ms);
         presence.set_outage_after(settings.outage_after_ms);
         presence.set_offline_retention(settings.offline_retention_ms);
+        let mut active = ActiveUsers::new(settings.session_ttl_ms, settings.ema_alpha);
+        active.set_sessions_per_source(settings.sessions_per_source);
         Self {
             presence,
-            active: ActiveUsers::new(settings.session_ttl_ms, settings.ema_alpha),
+            active,
             epoch: 0,
             offline_feed_ttl: settings.offline_feed_ttl,
         }
@@ -94,6 +98,8 @@ impl Fold {
             .set_offline_retention(settings.offline_retention_ms);
         fold.active
             .set_settings(settings.session_ttl_ms, settings.ema_alpha);
+        fold.active
+            .set_sessions_per_source(settings.sessions_per_source);
         fold.offline_feed_ttl = settings.offline_feed_ttl;
         Ok(fold)
     }
@@ -136,6 +142,7 @@ mod tests {
             offline_retention_ms: Some(3_600_000),
             session_ttl_ms: 180_000,
             ema_alpha: 0.2,
+            sessions_per_source: 50,
             offline_feed_ttl: Duration::from_secs(60),
         }
     }
@@ -162,6 +169,7 @@ mod tests {
                     tab: TabId::parse(format!("t{}", i % 3)).unwrap(),
                     transport: Transport::Http,
                     platform: None,
+                    source: None,
                 },
             ));
             if i % 3 == 0 {
@@ -211,6 +219,7 @@ mod tests {
             tab: TabId::parse("t").unwrap(),
             transport: Transport::Http,
             platform: None,
+            source: None,
         };
         fold.presence.apply(1, &event(10, join.clone()));
         fold.active.apply(1, &event(10, join));

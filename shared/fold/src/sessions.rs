@@ -33,7 +33,35 @@ struct Customer {
     /// Session -> latest sign of life of any of its tabs, including tabs that since left.
     #[serde(default)]
     beaten: HashMap<SessionId, Millis>,
+    /// Session -> where its client connected from (`presence_events::source_of`), as the
+    /// latest join or beat that said so.
+    #[serde(default)]
+    sources: HashMap<SessionId, String>,
     ema: Option<f64>,
+}
+
+impl Customer {
+    /// The live sessions, at most `per_source` of them from any one source (0: all).
+    fn counted(&self, per_source: u32) -> u64 {
+        if per_source == 0 {
+            return self.sessions.len() as u64;
+        }
+        let mut from: HashMap<&str, u32> = HashMap::new();
+        let mut count = 0;
+        for session in self.sessions.keys() {
+            match self.sources.get(session) {
+                Some(source) => {
+                    let n = from.entry(source.as_str()).or_default();
+                    if *n < per_source {
+                        *n += 1;
+                        count += 1;
+                    }
+                }
+                None => count += 1,
+            }
+        }
+        count
+    }
 }
 
 /// Every customer's live sessions and EMA.
@@ -41,6 +69,9 @@ struct Customer {
 pub struct ActiveUsers {
     session_ttl_ms: u64,
     alpha: f64,
+    /// Sessions counted from any one source per customer (0: no limit).
+    #[serde(default)]
+    sessions_per_source: u32,
     /// Ordered, so a tick reports customers in the same order in every replay.
     customers: BTreeMap<TenantId, Customer>,
     last_seq: u64,
@@ -52,6 +83,7 @@ impl ActiveUsers {
         Self {
             session_ttl_ms,
             alpha,
+            sessions_per_source: 0,
             customers: BTreeMap::new(),
             last_seq: 0,
         }
@@ -69,17 +101,19 @@ impl ActiveUsers {
                 tenant,
                 session,
                 tab,
+                source,
                 ..
-            } => self.touch(tenant, session, tab, event.at),
+            } => self.touch(tenant, session, tab, event.at, source.as_ref()),
             EventBody::SessionBeat { beats } => {
                 for SessionBeatEntry {
                     tenant,
                     session,
                     tab,
                     at,
+                    source,
                 } in beats
                 {
-                    self.touch(tenant, session, tab, *at);
+                    self.touch(tenant, session, tab, *at, source.as_ref());
                 }
             }
             EventBody::SessionLeave {
@@ -99,6 +133,12 @@ impl ActiveUsers {
         self.alpha = alpha;
     }
 
+    /// Counts at most `n` sessions of a customer from any one source (0: no limit), so one
+    /// machine inventing sessions counts as a few people whichever edges it goes through.
+    pub fn set_sessions_per_source(&mut self, n: u32) {
+        self.sessions_per_source = n;
+    }
+
     /// The session TTL in force.
     pub fn session_ttl_ms(&self) -> u64 {
         self.session_ttl_ms
@@ -114,7 +154,14 @@ impl ActiveUsers {
         self.customers.get(tenant).map_or(0, |c| c.sessions.len())
     }
 
-    fn touch(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId, at: Millis) {
+    fn touch(
+        &mut self,
+        tenant: &TenantId,
+        session: &SessionId,
+        tab: &TabId,
+        at: Millis,
+        source: Option<&String>,
+    ) {
         let customer = self.customers.entry(tenant.clone()).or_default();
         let key = (session.clone(), tab.clone());
         if customer.closed.get(&key).is_some_and(|left| at <= *left) {
@@ -125,6 +172,9 @@ impl ActiveUsers {
         *seen = (*seen).max(at);
         let beaten = customer.beaten.entry(session.clone()).or_insert(at);
         *beaten = (*beaten).max(at);
+        if let Some(source) = source {
+            customer.sources.insert(session.clone(), source.clone());
+        }
     }
 
     fn close(&mut self, tenant: &TenantId, session: &SessionId, tab: &TabId, at: Millis) {
@@ -137,6 +187,7 @@ impl ActiveUsers {
             if tabs.is_empty() {
                 customer.sessions.remove(session);
                 customer.beaten.remove(session);
+                customer.sources.remove(session);
             }
         }
     }
@@ -144,9 +195,11 @@ impl ActiveUsers {
     fn tick(&mut self, seq: u64, now: Millis) -> Vec<TenantMetrics> {
         let ttl = self.session_ttl_ms;
         let alpha = self.alpha;
+        let per_source = self.sessions_per_source;
         let mut out = Vec::with_capacity(self.customers.len());
         self.customers.retain(|tenant, customer| {
             let beaten = &mut customer.beaten;
+            let sources = &mut customer.sources;
             customer.sessions.retain(|session, tabs| {
                 let last = tabs
                     .values()
@@ -156,6 +209,7 @@ impl ActiveUsers {
                 let alive = !tabs.is_empty() && last.is_some_and(|at| now.since(at) < ttl);
                 if !alive {
                     beaten.remove(session);
+                    sources.remove(session);
                 }
                 alive
             });
@@ -163,7 +217,7 @@ impl ActiveUsers {
             customer
                 .closed
                 .retain(|_, left| now.since(*left) < CLOSED_KEPT_MS);
-            let count = customer.sessions.len() as u64;
+            let count = customer.counted(per_source);
             let mut ema = match customer.ema {
                 None => count as f64,
                 Some(previous) => alpha * count as f64 + (1.0 - alpha) * previous,
@@ -235,6 +289,7 @@ mod tests {
             tab: TabId::parse(tab).unwrap(),
             transport: Transport::Websocket,
             platform: None,
+            source: None,
         }
     }
 
@@ -253,12 +308,65 @@ mod tests {
                 session: SessionId::parse(session).unwrap(),
                 tab: TabId::parse(tab).unwrap(),
                 at: Millis(at),
+                source: None,
             }],
         }
     }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    fn from(mut body: EventBody, from: &str) -> EventBody {
+        match &mut body {
+            EventBody::SessionJoin { source, .. } => *source = Some(from.to_owned()),
+            EventBody::SessionBeat { beats } => {
+                for beat in beats {
+                    beat.source = Some(from.to_owned());
+                }
+            }
+            _ => {}
+        }
+        body
+    }
+
+    #[test]
+    fn one_source_counts_at_most_its_share_of_sessions_whichever_edges_it_went_through() {
+        let mut s = Script::new();
+        s.state.set_sessions_per_source(3);
+        // One machine invents 10 sessions, through joins and through beats alone.
+        for i in 0..6 {
+            s.apply(0, from(join("shop", &format!("bot{i}"), "t"), "machine"));
+        }
+        for i in 6..10 {
+            s.apply(0, from(beat("shop", &format!("bot{i}"), "t", 0), "machine"));
+        }
+        // Two people behind another address, and one whose edge names no source.
+        s.apply(0, from(join("shop", "ann", "t"), "office"));
+        s.apply(0, from(join("shop", "bob", "t"), "office"));
+        s.apply(0, join("shop", "cem", "t"));
+        // The machine's sessions on another customer's site are counted there, apart.
+        s.apply(0, from(join("blog", "bot0", "t"), "machine"));
+        assert_eq!(
+            s.tick(5_000),
+            [("blog".into(), 1, 1.0), ("shop".into(), 3 + 2 + 1, 6.0)]
+        );
+        // As the machine's sessions leave, the others still count up to the share.
+        for i in 0..7 {
+            s.apply(6_000, leave("shop", &format!("bot{i}"), "t"));
+        }
+        assert_eq!(s.tick(10_000)[1].1, 3 + 2 + 1);
+        s.apply(11_000, leave("shop", "bot7", "t"));
+        assert_eq!(s.tick(15_000)[1].1, 2 + 2 + 1);
+        // With no limit, every session counts.
+        s.state.set_sessions_per_source(0);
+        for i in 0..6 {
+            s.apply(
+                16_000,
+                from(join("shop", &format!("bot{i}"), "t"), "machine"),
+            );
+        }
+        assert_eq!(s.tick(20_000)[1].1, 8 + 2 + 1);
     }
 
     #[test]

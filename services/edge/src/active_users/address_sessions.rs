@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use presence_events::{Millis, SessionId, TenantId};
+use presence_events::{Millis, SessionId, TenantId, source_of};
 
 /// The sessions each (address, customer) holds, with when each was last seen.
 pub(crate) struct AddressSessions {
@@ -25,6 +25,13 @@ impl AddressSessions {
             ttl_ms,
             held: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Where a session of a client at `ip` comes from, as the aggregators bound it across
+    /// edges (`PRESENCE_MAX_SESSIONS_PER_SOURCE`): named only while this cap is on, that is
+    /// while the edge sees its clients' own addresses.
+    pub(crate) fn source(&self, ip: IpAddr) -> Option<String> {
+        (self.limit > 0).then(|| source_of(ip))
     }
 
     /// Takes (or refreshes) `session` for `ip` and `customer` at `now`; `Err(limit)` when the

@@ -275,14 +275,17 @@ async fn handle(
             let within = cx.beat_flush + BEAT_GRACE;
             let stored = cx
                 .beats
-                .tab_beat_durable(request.tab, Millis::now(), within)
+                .tab_beat_durable(request.tab, Millis::now(), cx.sessions.source(ip), within)
                 .await;
             if stored {
                 cx.publisher.appended();
             }
             stored
         }
-        Action::Join => append(cx, endpoint, request.join(Transport::Http)).await,
+        Action::Join => {
+            let source = cx.sessions.source(ip);
+            append(cx, endpoint, request.join(Transport::Http, source)).await
+        }
         Action::Leave => {
             // A beat of this tab still waiting in the batch must not land after its leave.
             cx.beats.forget_tab(&request.tab).await;

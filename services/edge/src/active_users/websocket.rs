@@ -203,7 +203,7 @@ async fn serve(socket: WebSocket, cx: Arc<ActiveUsersContext>, ip: IpAddr, origi
     let updates = cx.hub.subscribe(&tab.tenant);
     let joined = cx
         .publisher
-        .publish(request.join(Transport::Websocket))
+        .publish(request.join(Transport::Websocket, cx.sessions.source(ip)))
         .await;
     if let Err(e) = joined {
         tracing::warn!(error = %e, "could not append a session join");

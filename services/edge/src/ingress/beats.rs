@@ -31,7 +31,8 @@ const MAX_BEATS_PER_MESSAGE: usize = 2_000;
 struct Pending {
     /// The latest beat of each connection that beat, with its (shared) identity.
     conns: HashMap<ConnId, (Arc<Identity>, Millis)>,
-    tabs: HashMap<TabKey, Millis>,
+    /// The latest beat of each tab, and where it came from when it came on its own (HTTP).
+    tabs: HashMap<TabKey, (Millis, Option<String>)>,
     /// Senders of the beats in this batch that wait for it to be durable.
     waiters: Vec<oneshot::Sender<bool>>,
 }
@@ -110,22 +111,32 @@ impl BeatBatcher {
         let now = Millis::now();
         let mut pending = self.pending();
         match pending.tabs.get_mut(tab) {
-            Some(at) => *at = now,
+            Some((at, _)) => *at = now,
             None => {
-                pending.tabs.insert(tab.clone(), now);
+                pending.tabs.insert(tab.clone(), (now, None));
             }
         }
     }
 
-    /// A tab's beat over HTTP, received at `at`: batched like the others, and answered once
-    /// its batch is durably in the log. `false` if that did not happen within `within` (the
-    /// log is unavailable) or the edge is stopping; the beat may still be appended later.
-    pub(crate) async fn tab_beat_durable(&self, tab: TabKey, at: Millis, within: Duration) -> bool {
+    /// A tab's beat over HTTP, received at `at` from `source`: batched like the others, and
+    /// answered once its batch is durably in the log. `false` if that did not happen within
+    /// `within` (the log is unavailable) or the edge is stopping; the beat may still be
+    /// appended later.
+    pub(crate) async fn tab_beat_durable(
+        &self,
+        tab: TabKey,
+        at: Millis,
+        source: Option<String>,
+        within: Duration,
+    ) -> bool {
         let (done, wait) = oneshot::channel();
         {
             let mut pending = self.pending();
-            let latest = pending.tabs.entry(tab).or_insert(at);
-            *latest = (*latest).max(at);
+            let latest = pending.tabs.entry(tab).or_insert((at, None));
+            latest.0 = latest.0.max(at);
+            if source.is_some() {
+                latest.1 = source;
+            }
             pending.waiters.push(done);
         }
         tokio::time::timeout(within, wait)
@@ -234,11 +245,12 @@ async fn flush(shared: &Shared, publisher: &EventPublisher, shutdown: &Cancellat
     if !tabs.is_empty() {
         let beats: Vec<SessionBeatEntry> = tabs
             .into_iter()
-            .map(|(tab, at)| SessionBeatEntry {
+            .map(|(tab, (at, source))| SessionBeatEntry {
                 tenant: tab.tenant,
                 session: tab.session,
                 tab: tab.tab,
                 at,
+                source,
             })
             .collect();
         for (partition, beats) in publisher.partitions().split_tab_beats(beats) {
@@ -317,7 +329,7 @@ mod tests {
             async move {
                 let within = Duration::from_secs(5);
                 beats
-                    .tab_beat_durable(tab(&i.to_string()), Millis::now(), within)
+                    .tab_beat_durable(tab(&i.to_string()), Millis::now(), None, within)
                     .await
             }
         }))
