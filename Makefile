@@ -38,10 +38,12 @@ test-unit:
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 bench: ## the benchmark suite at 1k and 10k connections (standalone and cluster), aggregator and replay, persister
 	$(CARGO) build --release -p presence -p presence-bench

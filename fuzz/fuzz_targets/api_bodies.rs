@@ -19,15 +19,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(users.len() <= MAX_BATCH_USERS);
         assert!(value.is_object());
     }
-    if let Ok(write) = parse_status_write(value.clone()) {
-        if let Some(details) = write.details {
-            let encoded = serde_json::to_vec(&details).expect("details encode");
-            assert!(encoded.len() <= Details::MAX_BYTES);
-        }
+    if let Ok(write) = parse_status_write(value.clone())
+        && let Some(details) = write.details
+    {
+        let encoded = serde_json::to_vec(&details).expect("details encode");
+        assert!(encoded.len() <= Details::MAX_BYTES);
     }
-    if let Ok(entry) = parse_directory_entry(value) {
-        if let Some(name) = entry.username {
-            assert!(name.chars().count() <= MAX_USERNAME_CHARS && !name.contains('\0'));
-        }
+    if let Ok(entry) = parse_directory_entry(value)
+        && let Some(name) = entry.username
+    {
+        assert!(name.chars().count() <= MAX_USERNAME_CHARS && !name.contains('\0'));
     }
 });

@@ -59,7 +59,12 @@ fuzz_target!(|data: &[u8]| {
     }
     // Long after everything: every connection and session times out, every lease lapses.
     let node = NodeId::parse("fuzz").expect("a valid node id");
-    let late = Millis(fold.presence.log_time(Millis(0)).0.saturating_add(86_400_000));
+    let late = Millis(
+        fold.presence
+            .log_time(Millis(0))
+            .0
+            .saturating_add(86_400_000),
+    );
     fold_one(&mut fold, Event::new(node.clone(), late, EventBody::Tick));
     fold_one(&mut fold, Event::new(node, late, EventBody::MetricsTick));
     // Whether memory was freed is for the process, not part of the state.

@@ -15,12 +15,14 @@ fn encodes(body: EventBody) {
 
 fuzz_target!(|data: &[u8]| {
     match parse_tab_request(data) {
-        Ok(request) => encodes(request.join(Transport::Http)),
+        Ok(request) => encodes(request.join(Transport::Http, None)),
         Err(e) => assert!(!e.code.is_empty() && !e.message.is_empty()),
     }
     if let Ok(text) = std::str::from_utf8(data) {
         match parse_client_message(text) {
-            Ok(ClientMessage::Auth(request)) => encodes(request.join(Transport::Websocket)),
+            Ok(ClientMessage::Auth(request)) => {
+                encodes(request.join(Transport::Websocket, Some("9f3a0c1b2d4e5f60".into())))
+            }
             Ok(ClientMessage::Ping) => {}
             Err(e) => assert!(!e.code.is_empty() && !e.message.is_empty()),
         }
