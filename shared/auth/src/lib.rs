@@ -99,11 +99,11 @@ pub enum AuthError {
     /// Before `nbf`.
     #[error("invalid token: not valid yet (nbf is in the future)")]
     NotYetValid,
-    /// Another issuer than the one configured.
-    #[error("invalid token: issuer (iss) not accepted")]
+    /// Another issuer than the one configured, or none.
+    #[error("invalid token: issuer (iss) missing or not accepted")]
     WrongIssuer,
-    /// Another audience than the one configured.
-    #[error("invalid token: audience (aud) not accepted")]
+    /// Another audience than the one configured, or none.
+    #[error("invalid token: audience (aud) missing or not accepted")]
     WrongAudience,
     /// Over [`MAX_TOKEN_BYTES`].
     #[error("invalid token: longer than {MAX_TOKEN_BYTES} bytes")]
@@ -298,21 +298,25 @@ impl Verifier {
         };
         let mut validation = self.validation.clone();
         validation.algorithms = vec![key.algorithm];
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                    ErrorKind::InvalidSignature => AuthError::BadSignature,
-                    ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(key.name),
-                    ErrorKind::MissingRequiredClaim(claim) => {
-                        AuthError::Malformed(format!("missing claim '{claim}'"))
-                    }
-                    _ => AuthError::Malformed(e.to_string()),
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(key.name),
+                // Required because an issuer or audience is configured: not the one wanted.
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                    AuthError::WrongAudience
                 }
-            })?;
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    AuthError::Malformed(format!("missing claim '{claim}'"))
+                }
+                _ => AuthError::Malformed(e.to_string()),
+            }
+        })?;
         let claims = data.claims;
         let mut identity = Identity::from_claims(
             &claims.sub,
@@ -459,12 +463,18 @@ mod tests {
             verifier.verify(&sign_hs256(&wrong_iss, SECRET).unwrap()),
             Err(AuthError::WrongIssuer)
         );
-        let mut no_aud = good;
+        let mut no_aud = good.clone();
         no_aud.aud = None;
-        assert!(matches!(
+        assert_eq!(
             verifier.verify(&sign_hs256(&no_aud, SECRET).unwrap()),
-            Err(AuthError::Malformed(_))
-        ));
+            Err(AuthError::WrongAudience)
+        );
+        let mut no_iss = good;
+        no_iss.iss = None;
+        assert_eq!(
+            verifier.verify(&sign_hs256(&no_iss, SECRET).unwrap()),
+            Err(AuthError::WrongIssuer)
+        );
         // Unconfigured, an audience in the token is not held against it.
         let mut any_aud = claims("ayse", in_an_hour());
         any_aud.aud = Some("anything".into());
