@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 
 use presence_auth::Identity;
 use presence_events::api_input::{
-    BodyError, MAX_BATCH_USERS, StatusWrite, parse_batch, parse_status_write,
+    BodyError, MAX_BATCH_USERS, StatusWrite, Subscribe, parse_batch, parse_status_write,
+    parse_subscribe, parse_sync,
 };
 use presence_events::{ConnId, EventBody, LeaveReason, Millis, UserId};
 use serde::Deserialize;
@@ -23,43 +24,15 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use super::SocketContext;
 use super::connection::Connection;
 use super::cursor::Cursor;
-use super::subscriptions::{SetChange, SubscriptionIndex};
+use super::subscriptions::SubscriptionIndex;
 use crate::ingress::BeatBatcher;
 use crate::wire::{PresenceUpdate, SocketAck as Ack};
-
-/// `{userIds}`, `{add}` or `{remove}`, and the cursor of a resubscription.
-#[derive(Debug, Deserialize)]
-struct SubscribeRequest {
-    #[serde(rename = "userIds")]
-    user_ids: Option<Vec<serde_json::Value>>,
-    add: Option<Vec<serde_json::Value>>,
-    remove: Option<Vec<serde_json::Value>>,
-    since: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncRequest {
-    since: Option<serde_json::Value>,
-}
 
 /// `presence_subscriptions`: the subscriptions sockets of this edge and what they hold.
 fn report_subscriptions(index: &SubscriptionIndex) {
     let (sockets, held) = index.counts();
     metrics::gauge!("presence_subscriptions", "kind" => "sockets").set(sockets as f64);
     metrics::gauge!("presence_subscriptions", "kind" => "held").set(held as f64);
-}
-
-/// The user ids of `field`, or the error of the first that is not one.
-fn user_ids(field: &str, raw: Vec<serde_json::Value>) -> Result<Vec<UserId>, String> {
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, value)| match value {
-            serde_json::Value::String(id) => {
-                UserId::parse(id).map_err(|e| format!("{field}[{i}]: {e}"))
-            }
-            other => Err(format!("{field}[{i}]: a user id is a string, got {other}")),
-        })
-        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,14 +144,14 @@ pub(super) fn install(context: &Arc<SocketContext>, s: &SocketRef, connection: &
         s,
         context,
         "presence:subscribe",
-        SubscribeRequest,
+        serde_json::Value,
         |cx, sn, request| { cx.subscribe(sn, request).await }
     );
     acked!(
         s,
         context,
         "presence:sync",
-        SyncRequest,
+        serde_json::Value,
         |cx, sn, request| { cx.sync(sn, request).await }
     );
     acked!(
@@ -271,14 +244,17 @@ impl SocketContext {
     /// the users the request named (visibility applied) and a cursor; with `since`, only
     /// those of the set that changed after it (or the whole set, `full: true`, if the cursor
     /// is older than this edge can answer for).
-    async fn subscribe(&self, sn: &Connection, request: Option<SubscribeRequest>) -> Ack {
+    async fn subscribe(&self, sn: &Connection, request: Option<serde_json::Value>) -> Ack {
         const EVENT: &str = "presence:subscribe";
-        let Some(request) = request else {
-            return refuse(
-                EVENT,
-                "bad_payload",
-                "expected {userIds: [...]}, {add: [...]} or {remove: [...]}, and since?: \"<cursor>\"".into(),
-            );
+        let request = match request.map(parse_subscribe) {
+            None | Some(Err(BodyError::Shape(_))) => {
+                return refuse(
+                    EVENT,
+                    "bad_payload",
+                    "expected {userIds: [...]}, {add: [...]} or {remove: [...]}, and since?: \"<cursor>\"".into(),
+                );
+            }
+            Some(request) => request,
         };
         if !sn.delivery.subscriptions {
             return refuse(
@@ -287,26 +263,13 @@ impl SocketContext {
                 "this socket receives every user it may see: connect with auth {delivery: \"subscriptions\"} to subscribe".into(),
             );
         }
-        let parsed = match (request.user_ids, request.add, request.remove) {
-            (Some(ids), None, None) => user_ids("userIds", ids).map(SetChange::Replace),
-            (None, Some(ids), None) => user_ids("add", ids).map(SetChange::Add),
-            (None, None, Some(ids)) => user_ids("remove", ids).map(SetChange::Remove),
-            _ => {
-                return refuse(
-                    EVENT,
-                    "bad_payload",
-                    "expected exactly one of userIds, add or remove".into(),
-                );
-            }
+        let Subscribe { change, since } = match request {
+            Ok(request) => request,
+            Err(e @ BodyError::OneChange) => return refuse(EVENT, "bad_payload", e.to_string()),
+            Err(e @ BodyError::Cursor(_)) => return refuse(EVENT, "bad_cursor", e.to_string()),
+            Err(e) => return refuse(EVENT, "bad_user_id", e.to_string()),
         };
-        let change = match parsed {
-            Ok(change) => change,
-            Err(e) => return refuse(EVENT, "bad_user_id", e),
-        };
-        let since = match request.since.as_ref().map(Cursor::parse).transpose() {
-            Ok(since) => since,
-            Err(e) => return refuse(EVENT, "bad_cursor", e.to_string()),
-        };
+        let since = since.map(Cursor);
         // Taken before anything is read: what changes after it is pushed, or in the answer.
         let cursor = self.view.cursor();
         let (named, subscribed) = {
@@ -341,18 +304,20 @@ impl SocketContext {
     /// see, or its subscriptions), with a cursor; without `since`, or with one older than
     /// this edge can answer for, the whole state (`full: true`): every visible user online,
     /// or every subscribed user.
-    async fn sync(&self, sn: &Connection, request: Option<SyncRequest>) -> Ack {
+    async fn sync(&self, sn: &Connection, request: Option<serde_json::Value>) -> Ack {
         const EVENT: &str = "presence:sync";
-        let Some(request) = request else {
-            return refuse(
-                EVENT,
-                "bad_payload",
-                "expected {since?: \"<cursor>\"}".into(),
-            );
-        };
-        let since = match request.since.as_ref().map(Cursor::parse).transpose() {
-            Ok(since) => since,
-            Err(e) => return refuse(EVENT, "bad_cursor", e.to_string()),
+        let since = match request.map(parse_sync) {
+            Some(Ok(since)) => since.map(Cursor),
+            Some(Err(e @ BodyError::Cursor(_))) => {
+                return refuse(EVENT, "bad_cursor", e.to_string());
+            }
+            None | Some(Err(_)) => {
+                return refuse(
+                    EVENT,
+                    "bad_payload",
+                    "expected {since?: \"<cursor>\"}".into(),
+                );
+            }
         };
         let cursor = self.view.cursor();
         let subscribed: Option<Vec<UserId>> = sn.delivery.subscriptions.then(|| {

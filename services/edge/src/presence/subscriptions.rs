@@ -13,16 +13,8 @@ use socketioxide::socket::Sid;
 
 use super::VisibilityPolicy;
 
-/// How a subscription request changes a socket's set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SetChange {
-    /// `{userIds}`: the set becomes these.
-    Replace(Vec<UserId>),
-    /// `{add}`: these join the set.
-    Add(Vec<UserId>),
-    /// `{remove}`: these leave it.
-    Remove(Vec<UserId>),
-}
+/// How `presence:subscribe` changes a socket's set (parsed by `presence_events::api_input`).
+pub(crate) use presence_events::api_input::SubscriptionChange as SetChange;
 
 /// A request that would take a socket past its limit: the set is left as it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
