@@ -43,7 +43,7 @@ struct Customer {
 impl Customer {
     /// The live sessions, at most `per_source` of them from any one source (0: all).
     fn counted(&self, per_source: u32) -> u64 {
-        if per_source == 0 {
+        if per_source == 0 || self.sources.is_empty() {
             return self.sessions.len() as u64;
         }
         let mut from: HashMap<&str, u32> = HashMap::new();
