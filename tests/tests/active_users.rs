@@ -257,7 +257,11 @@ async fn cluster_serves_polled_metrics() {
 
 #[tokio::test]
 async fn the_101st_request_from_one_ip_gets_429_with_headers_and_other_ips_do_not() {
-    let env = [("PRESENCE_TRUSTED_PROXIES", "127.0.0.1".to_owned())];
+    // The balancer is named by its range (any loopback address).
+    let env = [(
+        "PRESENCE_TRUSTED_PROXIES",
+        "10.0.0.7,127.0.0.0/8".to_owned(),
+    )];
     let d = Deployment::start(Mode::Standalone, &env).await.unwrap();
     let from = |ip: &'static str| [("X-Forwarded-For", ip)];
     let url = format!("{}/metrics?customerId=shop", d.a);

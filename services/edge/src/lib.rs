@@ -277,7 +277,7 @@ impl ListenerSettings {
             door: listener::DoorLimits {
                 connections_per_ip: config.max_connections_per_ip,
                 connects_per_ip_per_min: config.connects_per_ip_per_min,
-                exempt: config.rate_limits.trusted_proxies.clone(),
+                exempt: active_users::Proxies::new(&config.rate_limits.trusted_proxies),
             },
             header_timeout: Duration::from_millis(config.http_header_timeout_ms),
             body_timeout: Duration::from_millis(config.http_body_timeout_ms),

@@ -83,7 +83,7 @@ pub(crate) struct DoorLimits {
     pub(crate) connections_per_ip: u32,
     pub(crate) connects_per_ip_per_min: u32,
     /// Not limited (the balancers).
-    pub(crate) exempt: Vec<IpAddr>,
+    pub(crate) exempt: crate::active_users::Proxies,
 }
 
 type Connects<C> =
@@ -248,7 +248,7 @@ mod tests {
             DoorLimits {
                 connections_per_ip: connections,
                 connects_per_ip_per_min: connects,
-                exempt: vec!["10.0.0.1".parse().unwrap()],
+                exempt: crate::active_users::Proxies::new(&["10.0.0.1/32".parse().unwrap()]),
             },
             clock.clone(),
         )

@@ -32,6 +32,7 @@ use crate::wire::Announcements;
 
 pub(crate) use metrics_hub::{CustomerHistory, MetricsHub};
 pub use origins::{OriginPolicy, UnlistedOrigins};
+pub(crate) use rate_limit::Proxies;
 pub use rate_limit::RateLimitConfig;
 use rate_limit::RateLimits;
 

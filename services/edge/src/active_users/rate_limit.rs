@@ -16,6 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
 use presence_events::TenantId;
 use serde::Serialize;
 
@@ -28,9 +29,35 @@ pub struct RateLimitConfig {
     /// Requests per minute for one customer.
     #[arg(long, env = "PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN", default_value_t = NonZeroU32::new(5000).unwrap_or(NonZeroU32::MIN))]
     pub customer_per_min: NonZeroU32,
-    /// Proxies (comma-separated IPs) whose `X-Forwarded-For` is trusted for the client IP.
-    #[arg(long, env = "PRESENCE_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Proxies whose `X-Forwarded-For` is trusted for the client IP: comma-separated
+    /// addresses or CIDR ranges (`10.0.0.7,10.244.0.0/16,fd00::/8`).
+    #[arg(long, env = "PRESENCE_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..,
+          value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address (one host) or a CIDR range of proxies.
+fn parse_proxy(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR range"))
+}
+
+/// The trusted proxies, as the edge checks a peer against them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Proxies(Vec<IpNet>);
+
+impl Proxies {
+    pub(crate) fn new(ranges: &[IpNet]) -> Self {
+        Self(ranges.to_vec())
+    }
+
+    /// Whether `ip` is one of them.
+    pub(crate) fn contains(&self, ip: &IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
 }
 
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, StateInformationMiddleware>;
@@ -71,7 +98,7 @@ pub(crate) struct RateLimits<C: Clock = DefaultClock> {
     ip: Keyed<IpAddr, C>,
     customer: Keyed<TenantId, C>,
     clock: C,
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Proxies,
 }
 
 fn keyed<K: std::hash::Hash + Eq + Clone, C: Clock + Clone>(
@@ -97,7 +124,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             ip: keyed(config.ip_per_min, &clock),
             customer: keyed(config.customer_per_min, &clock),
             clock,
-            trusted_proxies: config.trusted_proxies.clone(),
+            trusted_proxies: Proxies::new(&config.trusted_proxies),
         }
     }
 
@@ -273,9 +300,27 @@ mod tests {
         let config = RateLimitConfig {
             ip_per_min: NonZeroU32::new(ip).unwrap(),
             customer_per_min: NonZeroU32::new(customer).unwrap(),
-            trusted_proxies: vec!["10.0.0.1".parse().unwrap()],
+            trusted_proxies: vec![parse_proxy("10.0.0.1").unwrap()],
         };
         RateLimits::with_clock(&config, clock.clone())
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let proxies = Proxies::new(&[
+            parse_proxy("10.0.0.7").unwrap(),
+            parse_proxy(" 10.244.0.0/16").unwrap(),
+            parse_proxy("fd00::/8").unwrap(),
+        ]);
+        for inside in ["10.0.0.7", "10.244.3.9", "::ffff:10.244.0.1", "fd12::1"] {
+            assert!(proxies.contains(&ip(inside)), "{inside}");
+        }
+        for outside in ["10.0.0.8", "10.245.0.1", "fe80::1", "203.0.113.7"] {
+            assert!(!proxies.contains(&ip(outside)), "{outside}");
+        }
+        let e = parse_proxy("10.0.0.0/33").unwrap_err();
+        assert!(e.contains("neither an IP address nor a CIDR range"), "{e}");
+        assert!(parse_proxy("balancer").is_err());
     }
 
     fn ip(s: &str) -> IpAddr {
