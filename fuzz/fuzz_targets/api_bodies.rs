@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    if let Ok(users) = parse_batch(value.clone()) {
+    if let Ok(users) = parse_batch(value.clone(), MAX_BATCH_USERS) {
         assert!(users.len() <= MAX_BATCH_USERS);
         assert!(value.is_object());
     }

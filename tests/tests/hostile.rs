@@ -1100,22 +1100,37 @@ async fn socketio_events_that_break_the_rules_are_answered_ok_false_and_counted(
         .is_err(),
         "an edge started with a packet limit under its largest request"
     );
-    // The smallest limit it starts with for 100 subscriptions: 500 ids (a query), and the rest.
+    // Nor does one whose queries may name more ids than a packet holds.
+    assert!(
+        Deployment::start(
+            Mode::Standalone,
+            &[
+                ("PRESENCE_MAX_PACKET_BYTES", "70000".into()),
+                ("PRESENCE_MAX_SUBSCRIPTIONS", "100".into()),
+                ("PRESENCE_MAX_QUERY_IDS", "1000".into()),
+            ]
+        )
+        .await
+        .is_err(),
+        "an edge started with queries larger than its packet limit"
+    );
+    // It starts with room for 100 subscriptions, or a query of 40 ids, and the rest.
     let d = Deployment::start(
         Mode::Standalone,
         &[
             ("PRESENCE_MAX_PACKET_BYTES", "70000".into()),
             ("PRESENCE_MAX_SUBSCRIPTIONS", "100".into()),
+            ("PRESENCE_MAX_QUERY_IDS", "40".into()),
         ],
     )
     .await
     .expect("standalone");
     let admin = d.edge_admin(0);
     let client = connect(&d.a, "hostile", "female").await.expect("a client");
-    let ids: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
+    let ids: Vec<String> = (0..41).map(|i| format!("u{i}")).collect();
     let cases: Vec<(&str, &str, Value, &str)> = vec![
         (
-            "a query of 501 users",
+            "a query of 41 users (PRESENCE_MAX_QUERY_IDS=40)",
             "presence:query",
             json!({ "userIds": ids }),
             "too_many",

@@ -89,6 +89,10 @@ pub struct EdgeConfig {
     /// is refused with `connect_error` "too many connections for this user".
     #[arg(long, env = "PRESENCE_MAX_CONNECTIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_connections_per_user: u32,
+    /// Users one `presence:query` or `POST /api/presence/batch` may name; over it the call
+    /// is refused (`too_many` / 400).
+    #[arg(long, env = "PRESENCE_MAX_QUERY_IDS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_query_ids: u32,
     /// Users one socket may subscribe to (`presence:subscribe`, subscriptions delivery);
     /// over it the request is refused with `too_many_subscriptions` and the set unchanged.
     #[arg(long, env = "PRESENCE_MAX_SUBSCRIPTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -192,7 +196,7 @@ impl EdgeConfig {
     pub(crate) fn check(&self) -> Result<(), EdgeError> {
         // A user id is at most 128 bytes, quoted and separated: 132 a piece, and the rest of
         // the packet.
-        let ids = u64::from(self.max_subscriptions).max(500);
+        let ids = u64::from(self.max_subscriptions).max(u64::from(self.max_query_ids));
         let needed = ids * 132 + 1_024;
         if self.max_packet_bytes < needed {
             return Err(EdgeError::PacketTooSmall {

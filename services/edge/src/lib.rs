@@ -156,6 +156,7 @@ impl Edge {
             max_packet_bytes: config.max_packet_bytes as usize,
             max_connections_per_user: config.max_connections_per_user,
             max_subscriptions: config.max_subscriptions as usize,
+            max_query_ids: config.max_query_ids as usize,
             batch_window: std::time::Duration::from_millis(config.batch_ms),
             transport_liveness,
             ping: (
@@ -215,6 +216,7 @@ impl Edge {
             policy: presence.policy.clone(),
             publisher: ingress.publisher.clone(),
             store: store.clone(),
+            max_batch: config.max_query_ids as usize,
         });
         let ops = ops::start(
             ops::OpsSources {

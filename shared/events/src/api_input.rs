@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::{Details, DetailsError, IdError, SetStatus, StatusError, UserId, ViewerClass};
 
-/// Most users one batch read or `presence:query` may name.
+/// Most users one batch read or `presence:query` may name by default
+/// (`PRESENCE_MAX_QUERY_IDS`).
 pub const MAX_BATCH_USERS: usize = 500;
 /// Longest username a directory entry may hold, in characters.
 pub const MAX_USERNAME_CHARS: usize = 100;
@@ -20,9 +21,9 @@ pub enum BodyError {
     /// Not a JSON object, or not of the expected fields and types.
     #[error("{0}")]
     Shape(String),
-    /// More users than [`MAX_BATCH_USERS`].
-    #[error("at most {MAX_BATCH_USERS} userIds, got {0}")]
-    TooMany(usize),
+    /// More users than the limit.
+    #[error("at most {limit} userIds, got {got}")]
+    TooMany { got: usize, limit: usize },
     /// The user id at this place of list `field` is not one.
     #[error("{field}[{index}]: {error}")]
     UserId {
@@ -66,11 +67,14 @@ struct Batch {
     user_ids: Vec<String>,
 }
 
-/// `{userIds: [...]}`: at most [`MAX_BATCH_USERS`] user ids, in the order given.
-pub fn parse_batch(value: Value) -> Result<Vec<UserId>, BodyError> {
+/// `{userIds: [...]}`: at most `limit` user ids, in the order given.
+pub fn parse_batch(value: Value, limit: usize) -> Result<Vec<UserId>, BodyError> {
     let Batch { user_ids } = object(value)?;
-    if user_ids.len() > MAX_BATCH_USERS {
-        return Err(BodyError::TooMany(user_ids.len()));
+    if user_ids.len() > limit {
+        return Err(BodyError::TooMany {
+            got: user_ids.len(),
+            limit,
+        });
     }
     user_ids
         .into_iter()
@@ -244,28 +248,35 @@ mod tests {
 
     #[test]
     fn a_batch_is_an_object_of_at_most_500_valid_ids_kept_in_order() {
-        let ids = parse_batch(json!({"userIds": ["b", "a"]})).unwrap();
+        let ids = parse_batch(json!({"userIds": ["b", "a"]}), MAX_BATCH_USERS).unwrap();
         assert_eq!(
             ids,
             [UserId::parse("b").unwrap(), UserId::parse("a").unwrap()]
         );
         assert!(matches!(
-            parse_batch(json!([["a"]])),
+            parse_batch(json!([["a"]]), MAX_BATCH_USERS),
             Err(BodyError::Shape(m)) if m.contains("not a JSON object")
         ));
         assert!(matches!(
-            parse_batch(json!({"userIds": "a"})),
+            parse_batch(json!({"userIds": "a"}), MAX_BATCH_USERS),
             Err(BodyError::Shape(m)) if m.contains("invalid type")
         ));
         let many: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
         assert_eq!(
-            parse_batch(json!({ "userIds": many })),
-            Err(BodyError::TooMany(501))
+            parse_batch(json!({ "userIds": many.clone() }), MAX_BATCH_USERS),
+            Err(BodyError::TooMany {
+                got: 501,
+                limit: 500
+            })
         );
-        let bad = parse_batch(json!({"userIds": ["a", ""]})).unwrap_err();
+        assert_eq!(
+            parse_batch(json!({ "userIds": many }), 501).unwrap().len(),
+            501
+        );
+        let bad = parse_batch(json!({"userIds": ["a", ""]}), MAX_BATCH_USERS).unwrap_err();
         assert!(matches!(bad, BodyError::UserId { index: 1, .. }), "{bad:?}");
         assert!(matches!(
-            parse_batch(json!({"userIds": ["a", 5]})),
+            parse_batch(json!({"userIds": ["a", 5]}), MAX_BATCH_USERS),
             Err(BodyError::Shape(_))
         ));
         assert!(bad.to_string().starts_with("userIds[1]: "), "{bad}");

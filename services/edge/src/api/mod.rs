@@ -33,6 +33,8 @@ pub(crate) struct ApiContext {
     pub(crate) policy: VisibilityPolicy,
     pub(crate) publisher: EventPublisher,
     pub(crate) store: Option<Store>,
+    /// Users one batch read may name (PRESENCE_MAX_QUERY_IDS).
+    pub(crate) max_batch: usize,
 }
 
 /// The routes of the backend API.
@@ -91,15 +93,15 @@ impl ApiContext {
 fn api_body<T>(
     body: Result<Json<serde_json::Value>, JsonRejection>,
     expected: &str,
-    parse: fn(serde_json::Value) -> Result<T, BodyError>,
+    parse: impl FnOnce(serde_json::Value) -> Result<T, BodyError>,
 ) -> Result<T, ApiError> {
     let Json(value) =
         body.map_err(|e| ApiError::bad_request(format!("expected {expected}: {}", e.body_text())))?;
     parse(value).map_err(|e| {
         ApiError::bad_request(match e {
             BodyError::Shape(why) => format!("expected {expected}: {why}"),
-            BodyError::TooMany(got) => {
-                format!("at most {MAX_BATCH_USERS} userIds per call, got {got}")
+            BodyError::TooMany { got, limit } => {
+                format!("at most {limit} userIds per call, got {got}")
             }
             other => other.to_string(),
         })
@@ -164,14 +166,10 @@ mod tests {
     #[test]
     fn each_described_body_is_one_its_parser_takes_with_the_same_required_fields() {
         let (example, required) = described::<reads::BatchRequest>();
-        assert_eq!(
-            parse_batch(example.clone())
-                .expect("the example parses")
-                .len(),
-            2
-        );
+        let parsed = parse_batch(example.clone(), MAX_BATCH_USERS).expect("the example parses");
+        assert_eq!(parsed.len(), 2);
         assert_eq!(required, ["userIds"]);
-        assert!(parse_batch(json!({})).is_err());
+        assert!(parse_batch(json!({}), MAX_BATCH_USERS).is_err());
 
         let (example, required) = described::<writes::StatusRequest>();
         assert!(

@@ -82,7 +82,9 @@ pub(crate) async fn batch(
     body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Presences> {
     let caller = cx.auth.caller(&headers)?;
-    let users = api_body(body, r#"{"userIds": [...]}"#, parse_batch)?;
+    let users = api_body(body, r#"{"userIds": [...]}"#, |v| {
+        parse_batch(v, cx.max_batch)
+    })?;
     Ok(Json(Presences {
         presence: cx.presence_of(&caller, users).await,
     }))

@@ -11,8 +11,7 @@ use std::sync::atomic::Ordering;
 
 use presence_auth::Identity;
 use presence_events::api_input::{
-    BodyError, MAX_BATCH_USERS, StatusWrite, Subscribe, parse_batch, parse_status_write,
-    parse_subscribe, parse_sync,
+    BodyError, StatusWrite, Subscribe, parse_batch, parse_status_write, parse_subscribe, parse_sync,
 };
 use presence_events::{ConnId, EventBody, LeaveReason, Millis, UserId};
 use serde::Deserialize;
@@ -212,13 +211,13 @@ impl SocketContext {
 
     async fn query(&self, sn: &Connection, request: Option<serde_json::Value>) -> Ack {
         const EVENT: &str = "presence:query";
-        let users = match request.map(parse_batch) {
+        let users = match request.map(|v| parse_batch(v, self.max_query_ids)) {
             Some(Ok(users)) => users,
-            Some(Err(BodyError::TooMany(got))) => {
+            Some(Err(BodyError::TooMany { got, limit })) => {
                 return refuse(
                     EVENT,
                     "too_many",
-                    format!("at most {MAX_BATCH_USERS} userIds per query, got {got}"),
+                    format!("at most {limit} userIds per query, got {got}"),
                 );
             }
             Some(Err(e @ BodyError::UserId { .. })) => {

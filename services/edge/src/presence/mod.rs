@@ -65,6 +65,8 @@ pub(crate) struct PresenceSettings {
     pub(crate) max_connections_per_user: u32,
     /// Users one subscriptions socket may subscribe to.
     pub(crate) max_subscriptions: usize,
+    /// Users one `presence:query` may name.
+    pub(crate) max_query_ids: usize,
     /// How long a batch socket's window stays open.
     pub(crate) batch_window: std::time::Duration,
     /// Whether an open socket counts as heartbeating (transport liveness).
@@ -101,6 +103,8 @@ struct SocketContext {
     expiry: Arc<TokenExpiry>,
     /// Socket.io connections one user may have open on this edge.
     max_connections_per_user: u32,
+    /// Users one `presence:query` may name.
+    max_query_ids: usize,
     /// Whether an open socket counts as heartbeating (transport liveness).
     transport_liveness: bool,
     /// Audience rooms per (tenant, viewer class, batch), computed once.
@@ -183,6 +187,7 @@ impl Presence {
                 draining: draining.clone(),
                 expiry,
                 max_connections_per_user: settings.max_connections_per_user,
+                max_query_ids: settings.max_query_ids,
                 transport_liveness: settings.transport_liveness,
                 rooms: Mutex::default(),
                 subscriptions: subscriptions.clone(),
