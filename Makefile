@@ -30,8 +30,8 @@ test: build interop-deps test-sdk fuzz-smoke ## every test: unit, SDK, fuzz smok
 fuzz: ## every fuzz target of fuzz/ for FUZZ_SECONDS each (default 300); needs cargo-fuzz
 	scripts/fuzz.sh $(or $(FUZZ_SECONDS),300)
 
-fuzz-smoke: ## every fuzz target for 10 s (part of make test)
-	scripts/fuzz.sh 10
+fuzz-smoke: ## every fuzz target for 5 s (part of make test)
+	scripts/fuzz.sh 5
 
 test-unit:
 	$(CARGO) test --workspace --lib
