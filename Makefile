@@ -94,7 +94,7 @@ bench-history: ## what a history costs: 0, 100k and 1M users ever seen besides 1
 	PRESENCE_BIN=target/release/presence scripts/with-services.sh target/release/presence-bench-history
 
 chaos: ## the chaos suite: 2,000 users behind HAProxy, every role killed one at a time (3 NATS nodes, PostgreSQL); writes the table to docs/reliability.md
-	$(CARGO) build --release -p presence -p presence-e2e --bin presence-chaos
+	$(CARGO) build --release -p presence -p presence-e2e --bin presence --bin presence-chaos
 	PRESENCE_BIN=target/release/presence NATS_SERVER_BIN=$$(scripts/nats-server.sh) \
 	  target/release/presence-chaos --users 2000 --write docs/reliability.md
 

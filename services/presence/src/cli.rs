@@ -134,14 +134,17 @@ Settings (env var, or the flag in `presence <role> --help`):
   PRESENCE_WS_AUTH_TIMEOUT_MS    /ws/active-users auth deadline          [10000]
   PRESENCE_MAX_CONNECTIONS_PER_USER  Socket.io connections per user, edge [10]
   PRESENCE_MAX_SUBSCRIPTIONS     users one socket may subscribe to       [1000]
+  PRESENCE_MAX_QUERY_IDS         users one query / batch read may name   [500]
   PRESENCE_BATCH_MS              window of batched delivery (ms)         [50]
   PRESENCE_RATE_LIMIT_IP_PER_MIN         per client IP                   [100]
   PRESENCE_RATE_LIMIT_CUSTOMER_PER_MIN   per customer                    [5000]
-  PRESENCE_TRUSTED_PROXIES       proxies trusted for X-Forwarded-For (not limited below)
+  PRESENCE_TRUSTED_PROXIES       proxies (IPs, CIDR ranges) trusted for X-Forwarded-For (not limited below)
   PRESENCE_CUSTOMER_ORIGINS      sites allowed per customer: c=https://a|https://b;…
+  PRESENCE_CUSTOMER_ORIGINS_FILE     more of them, one per line, reloaded on change
   PRESENCE_CUSTOMER_ORIGINS_DEFAULT  any | none, for unlisted customers [any]
-  PRESENCE_MAX_PACKET_BYTES      largest Socket.io packet / polling payload [65536]
+  PRESENCE_MAX_PACKET_BYTES      largest Socket.io packet / polling payload [262144]
   PRESENCE_MAX_SESSIONS_PER_IP_PER_CUSTOMER  active-users sessions   [50]
+  PRESENCE_MAX_SESSIONS_PER_SOURCE   sessions counted per source, cluster [50]
   PRESENCE_MAX_CONNECTIONS_PER_IP    open connections per client address [500]
   PRESENCE_CONNECTS_PER_IP_PER_MIN   new connections per address/min    [600]
   PRESENCE_HTTP_HEADER_TIMEOUT_MS    to send a request's headers        [10000]
